@@ -1,0 +1,1 @@
+"""The ingest job: `python -m ingest_jobs.index --source DIR` (also through `ray job submit`)."""

@@ -1,0 +1,138 @@
+"""Finding the documents under --source: content hashes, sidecar metadata, and every file that
+cannot be taken recorded with a reason."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+from rag_core.index_store import RESERVED_METADATA_KEYS
+from rag_core.manifest import FileFingerprint
+
+SIDECAR_SUFFIX = ".meta.json"
+_HASH_BLOCK = 1 << 20
+
+
+class SourceNotFound(FileNotFoundError):
+    """--source does not exist or is not a folder."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    path: str  # relative to the source folder, with forward slashes
+    absolute: Path
+    size: int
+    sha256: str
+    sidecar_sha256: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def fingerprint(self) -> FileFingerprint:
+        return FileFingerprint(self.sha256, self.sidecar_sha256)
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    file: str
+    reason: str
+
+
+@dataclass
+class ScanResult:
+    files: list[SourceFile] = field(default_factory=list)
+    failed: list[SkippedFile] = field(default_factory=list)  # documents we could not take: reported
+    ignored: list[SkippedFile] = field(default_factory=list)  # not documents (other types, hidden, links out)
+
+    @property
+    def files_seen(self) -> int:
+        return len(self.files) + len(self.failed)
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(_HASH_BLOCK), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _validate_sidecar(raw: Any) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise ValueError("must be a JSON object")
+    for key, value in raw.items():
+        if key in RESERVED_METADATA_KEYS:
+            raise ValueError(f"key {key!r} is reserved")
+        scalars = (str, int, float, bool)
+        if isinstance(value, list):
+            if not value or not all(isinstance(v, scalars) for v in value) or len({type(v) for v in value}) > 1:
+                raise ValueError(f"key {key!r}: lists must be non-empty and of one scalar type")
+        elif not isinstance(value, scalars):
+            raise ValueError(f"key {key!r}: values must be strings, numbers, booleans or lists of them")
+    return raw
+
+
+class SourceScanner:
+    """Walks a folder without following links out of it and fingerprints each document."""
+
+    def __init__(self, extensions: Iterable[str], max_file_bytes: int):
+        self.extensions = {e.lower() for e in extensions}
+        self.max_file_bytes = max_file_bytes
+
+    def scan(self, source: Path) -> ScanResult:
+        if not source.is_dir():
+            raise SourceNotFound(f"source folder not found: {source}")
+        root = source.resolve()
+        result = ScanResult()
+        for directory, subdirs, names in os.walk(root):
+            here = Path(directory)
+            for name in list(subdirs):
+                if name.startswith(".") or (here / name).is_symlink():
+                    subdirs.remove(name)  # hidden folders and linked folders are not walked
+                    relative = (here / name).relative_to(root).as_posix()
+                    result.ignored.append(SkippedFile(relative, "hidden folder" if name.startswith(".") else "linked folder"))
+            subdirs.sort()
+            for name in sorted(names):
+                self._consider(root, here / name, result)
+        return result
+
+    def _consider(self, root: Path, path: Path, result: ScanResult) -> None:
+        relative = path.relative_to(root).as_posix()
+        if path.name.endswith(SIDECAR_SUFFIX):
+            return  # read together with its document
+        if path.name.startswith("."):
+            result.ignored.append(SkippedFile(relative, "hidden file"))
+            return
+        if path.suffix.lower() not in self.extensions:
+            result.ignored.append(SkippedFile(relative, f"unsupported type {path.suffix or '(none)'}"))
+            return
+        if path.is_symlink():
+            target = path.resolve()
+            if not target.is_relative_to(root):
+                result.ignored.append(SkippedFile(relative, "symlink leaves the source folder"))
+                return
+        try:
+            size = path.stat().st_size
+            if size > self.max_file_bytes:
+                limit_mb = self.max_file_bytes / 2**20
+                result.failed.append(SkippedFile(relative, f"file too large ({size / 2**20:.1f} MB > {limit_mb:g} MB limit)"))
+                return
+            sha = sha256_file(path)
+        except OSError as exc:
+            result.failed.append(SkippedFile(relative, f"cannot read: {exc.strerror or exc}"))
+            return
+        sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
+        metadata: dict[str, Any] = {}
+        sidecar_sha = ""
+        if sidecar.is_file():
+            try:
+                raw = sidecar.read_bytes()
+                metadata = _validate_sidecar(json.loads(raw))
+                sidecar_sha = hashlib.sha256(raw).hexdigest()
+            except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
+                result.failed.append(SkippedFile(relative, f"invalid sidecar {sidecar.name}: {exc}"))
+                return
+        result.files.append(SourceFile(relative, path, size, sha, sidecar_sha, metadata))

@@ -1,0 +1,85 @@
+"""Entry point: index a folder incrementally, or rebuild a version from Parquet.
+
+    python -m ingest_jobs.index --source DIR [--config FILE] [--full]
+    python -m ingest_jobs.index --rebuild-from-parquet VERSION_DIR_OR_CHUNKS_DIR [--config FILE]
+    ray job submit --working-dir . -- python -m ingest_jobs.index --source DIR
+
+The last stdout line is always one JSON object: the run summary, or {"error": ...}.
+Exit codes: 0 the run completed (per-file failures included); 2 bad arguments, config or missing
+source; 75 another run holds the index lock; 1 the index could not be written. On any non-zero
+exit the previous version stays current.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from ingest_jobs.discovery import SourceNotFound
+from ingest_jobs.runner import IngestRun, rebuild_from_parquet
+from rag_core.embedding import EmbeddingModelError
+from rag_core.index_store import PARQUET_DIR, IndexLockBusy, VersionedIndex
+from rag_core.logs import configure_json_logging
+from rag_core.settings import ConfigFileError, load_settings
+
+log = logging.getLogger("ingest_jobs")
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m ingest_jobs.index", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    target = parser.add_mutually_exclusive_group(required=True)
+    target.add_argument("--source", type=Path, help="folder of .pdf/.txt/.md documents to mirror into the index")
+    target.add_argument("--rebuild-from-parquet", type=Path, metavar="DIR", help="a version folder (or its chunks/ folder) to load without re-embedding")
+    parser.add_argument("--config", type=Path, help="settings YAML (default: $RAG_CONFIG or configs/rag.yaml)")
+    parser.add_argument("--full", action="store_true", help="re-embed every file into a new version")
+    return parser.parse_args(argv)
+
+
+def _emit(payload: dict) -> None:
+    sys.stdout.flush()
+    print(json.dumps(payload), flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    configure_json_logging()
+    try:
+        settings = load_settings(args.config)
+    except (ConfigFileError, ValidationError) as exc:
+        _emit({"error": f"invalid configuration: {exc}"})
+        return EXIT_USAGE
+    current = VersionedIndex.from_settings(settings).current_version
+    try:
+        if args.rebuild_from_parquet is not None:
+            parquet_dir = args.rebuild_from_parquet
+            if (parquet_dir / PARQUET_DIR).is_dir():
+                parquet_dir = parquet_dir / PARQUET_DIR
+            summary = rebuild_from_parquet(settings, parquet_dir)
+        else:
+            summary = IngestRun(settings, args.source, full=args.full).run()
+    except SourceNotFound as exc:
+        _emit({"error": str(exc), "index_version": current()})
+        return EXIT_USAGE
+    except IndexLockBusy as exc:
+        _emit({"error": str(exc), "index_version": current()})
+        return EXIT_LOCKED
+    except EmbeddingModelError as exc:
+        _emit({"error": str(exc), "index_version": current()})
+        return EXIT_USAGE
+    except Exception as exc:
+        log.exception("ingest run failed; the previous index version stays current")
+        _emit({"error": f"{type(exc).__name__}: {exc}", "index_version": current()})
+        return EXIT_FAILED
+    _emit(summary.to_dict())
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

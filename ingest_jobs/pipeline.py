@@ -1,0 +1,179 @@
+"""The stages of the ingest pipeline as plain callables, and their composition as a Ray Data
+dataset: files -> parse + chunk (parallel tasks) -> embed (actor pool, GPUs when configured).
+
+Every file leaves the parse stage either as chunk rows or as exactly one failure row (non-empty
+`error`), so a bad file is recorded downstream instead of raising and aborting the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+import pyarrow as pa
+
+from rag_core.chunking import RecursiveChunker
+from rag_core.embedding import EmbeddingModelSpec, load_for_spec
+from rag_core.index_store import chunk_schema
+from rag_core.parsing import DocumentParseError, DocumentParser
+
+def make_chunk_id(file_sha256: str, file_path: str, chunk_index: int) -> str:
+    """Deterministic: the file's content hash and the chunk's position. A short hash of the path
+    keeps identical files at two paths from colliding (both stay citable)."""
+    path_tag = hashlib.sha1(file_path.encode()).hexdigest()[:8]
+    return f"{file_sha256[:32]}-{path_tag}-{chunk_index:05d}"
+
+
+@dataclass(frozen=True)
+class ParseConfig:
+    pdf_passwords: tuple[str, ...]
+    chunk_size: int
+    chunk_overlap: int
+    separators: tuple[str, ...]
+    ingested_at: str
+    index_version: str
+
+
+class ParseAndChunk:
+    """files (file, data, sidecar_sha256, metadata) -> chunk rows, or one failure row per bad file."""
+
+    def __init__(self, config: ParseConfig):
+        self.config = config
+        self.parser = DocumentParser(config.pdf_passwords)
+        self.chunker = RecursiveChunker(config.chunk_size, config.chunk_overlap, config.separators)
+
+    def __call__(self, files: pa.Table) -> pa.Table:
+        rows: list[dict[str, Any]] = []
+        for record in files.to_pylist():
+            rows.extend(self._one_file(record))
+        return pa.Table.from_pylist(rows, schema=parsed_schema())
+
+    def _one_file(self, record: dict[str, Any]) -> list[dict[str, Any]]:
+        data: bytes = record["data"]
+        # Hash the bytes actually parsed: if the file changed since the scan, the manifest must
+        # describe what was indexed.
+        sha = hashlib.sha256(data).hexdigest()
+        common = {
+            "file": record["file"],
+            "file_sha256": sha,
+            "sidecar_sha256": record["sidecar_sha256"],
+            "file_size": len(data),
+            "ingested_at": self.config.ingested_at,
+            "index_version": self.config.index_version,
+            "metadata": record["metadata"],
+        }
+        try:
+            chunks = self.chunker.chunk_pages(self.parser.parse(record["file"], data))
+            if not chunks:
+                raise DocumentParseError("no extractable text")
+        except DocumentParseError as exc:
+            return [_failure_row(common, exc.reason)]
+        except Exception as exc:  # a parser bug on one file must not abort the run
+            return [_failure_row(common, f"parse error: {type(exc).__name__}: {exc}")]
+        return [
+            {
+                **common,
+                "chunk_id": make_chunk_id(sha, record["file"], chunk.chunk_index),
+                "page": chunk.page,
+                "chunk_index": chunk.chunk_index,
+                "char_start": chunk.char_start,
+                "char_end": chunk.char_end,
+                "text": chunk.text,
+                "error": "",
+            }
+            for chunk in chunks
+        ]
+
+
+def _failure_row(common: dict[str, Any], reason: str) -> dict[str, Any]:
+    return {**common, "chunk_id": "", "page": 0, "chunk_index": -1, "char_start": 0, "char_end": 0, "text": "", "error": reason}
+
+
+def parsed_schema() -> pa.Schema:
+    fields = [f for f in chunk_schema(1) if f.name != "embedding"]
+    return pa.schema([*fields, pa.field("error", pa.string())])
+
+
+def parse_and_chunk_batch(files: pa.Table, config: ParseConfig) -> pa.Table:
+    """Task-based Ray Data entry point (a function: the stage holds no expensive state)."""
+    return ParseAndChunk(config)(files)
+
+
+class EmbedChunks:
+    """Adds an `embedding` column; failure rows get zeros and are filtered by the writer.
+
+    Also the Ray Data actor class: one model load per actor, reused across batches."""
+
+    def __init__(self, spec: dict[str, Any], device: str = "auto", torch_threads: int | None = None, batch_size: int = 64):
+        # Ray sets OMP_NUM_THREADS to the actor's CPU reservation (1), which halves CPU throughput
+        # on a 2-core node; the thread count is set explicitly instead.
+        threads = torch_threads or len(os.sched_getaffinity(0))
+        self.model = load_for_spec(EmbeddingModelSpec.from_dict(spec), device, threads)
+        self.batch_size = batch_size
+
+    def __call__(self, chunks: pa.Table) -> pa.Table:
+        dimension = self.model.spec.dimension
+        errors = chunks.column("error").to_pylist()
+        texts = chunks.column("text").to_pylist()
+        wanted = [i for i, error in enumerate(errors) if not error]
+        vectors = np.zeros((chunks.num_rows, dimension), dtype=np.float32)
+        if wanted:
+            vectors[wanted] = self.model.embed_documents([texts[i] for i in wanted], self.batch_size)
+        column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), type=pa.float32()), dimension)
+        return chunks.append_column("embedding", column)
+
+
+@dataclass(frozen=True)
+class PipelineResources:
+    embed_batch_size: int
+    embed_actors_min: int
+    embed_actors_max: int
+    embed_num_cpus: float
+    embed_num_gpus: float
+    embed_torch_threads: int | None
+    embedding_device: str
+    parse_num_cpus: float
+
+
+def build_dataset(file_rows: Sequence[dict[str, Any]], parse_config: ParseConfig, spec: EmbeddingModelSpec, resources: PipelineResources) -> Any:
+    """The Ray Data plan for the files to (re)index. Files are read by the driver and handed over
+    as rows, so no worker needs the source folder on its own disk."""
+    import ray
+
+    dataset = ray.data.from_items(list(file_rows), override_num_blocks=max(1, len(file_rows)))
+    dataset = dataset.map_batches(
+        parse_and_chunk_batch,
+        fn_kwargs={"config": parse_config},
+        batch_format="pyarrow",
+        batch_size=None,  # one block = one file
+        num_cpus=resources.parse_num_cpus,
+        # Remote args that differ from the embed stage's keep Ray Data from fusing parsing into
+        # the (few) embedding actors, which would serialise it; parsing is deterministic, so
+        # retries only cover lost workers.
+        max_retries=2,
+    )
+    device = resources.embedding_device
+    if resources.embed_num_gpus > 0 and device == "auto":
+        device = "cuda"
+    return dataset.map_batches(
+        EmbedChunks,
+        fn_constructor_kwargs={
+            "spec": spec.to_dict(),
+            "device": device,
+            "torch_threads": resources.embed_torch_threads,
+            "batch_size": resources.embed_batch_size,
+        },
+        batch_format="pyarrow",
+        batch_size=resources.embed_batch_size,
+        compute=ray.data.ActorPoolStrategy(min_size=resources.embed_actors_min, max_size=resources.embed_actors_max),
+        num_cpus=resources.embed_num_cpus,
+        num_gpus=resources.embed_num_gpus,
+    )
+
+
+def file_row(path: str, data: bytes, sidecar_sha256: str, metadata: dict[str, Any]) -> dict[str, Any]:
+    return {"file": path, "data": data, "sidecar_sha256": sidecar_sha256, "metadata": json.dumps(metadata, sort_keys=True)}

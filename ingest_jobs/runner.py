@@ -1,0 +1,345 @@
+"""One ingest run: scan, diff against the current version's manifest, embed only what changed,
+build the next version apart, flip the pointer, collect garbage, and audit everything."""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import pyarrow as pa
+import pyarrow.compute as pc
+
+from ingest_jobs.discovery import ScanResult, SkippedFile, SourceScanner
+from ingest_jobs.pipeline import ParseConfig, PipelineResources, build_dataset, file_row
+from rag_core.audit import default_actor, utc_now
+from rag_core.embedding import EmbeddingModel, EmbeddingModelSpec
+from rag_core.index_store import MANIFEST_COLUMNS, VersionBuilder, VersionedIndex, VersionInfo, manifest_from_rows, read_parquet_version
+from rag_core.manifest import Manifest, ManifestDiff, ManifestEntry, diff_manifest
+from rag_core.settings import RAGSettings
+
+log = logging.getLogger("ingest_jobs")
+
+
+@dataclass
+class IngestSummary:
+    index_version: str | None
+    files_seen: int = 0
+    files_indexed: int = 0
+    files_unchanged: int = 0
+    files_deleted: int = 0
+    files_failed: list[dict[str, str]] = field(default_factory=list)
+    chunks_added: int = 0
+    chunks_deleted: int = 0
+    chunks_total: int = 0
+    embedding_model: str = ""
+    duration_s: float = 0.0
+    previous_version: str | None = None
+    new_version_created: bool = False
+    files_ignored: int = 0
+    full_rebuild_reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def same_vector_space(a: EmbeddingModelSpec, b: EmbeddingModelSpec) -> bool:
+    """Vectors are comparable when the model and query policy match, wherever the weights came from."""
+    return (a.name, a.dimension, a.query_prefix, a.normalize) == (b.name, b.dimension, b.query_prefix, b.normalize)
+
+
+def chunking_record(settings: RAGSettings) -> dict[str, Any]:
+    return settings.chunking.model_dump()
+
+
+def connect_ray(settings: RAGSettings) -> None:
+    import ray
+
+    if ray.is_initialized():
+        return
+    address = settings.ray_address or os.environ.get("RAY_ADDRESS")
+    # address="local" starts a private cluster; ray.init() with no address would auto-join a
+    # cluster found on this machine. Both avoid GCS on 6379, where Redis listens.
+    ray.init(address=address or "local", log_to_driver=True, configure_logging=False)
+
+
+class IngestRun:
+    def __init__(self, settings: RAGSettings, source: Path, full: bool = False):
+        self.settings = settings
+        self.source = Path(source)
+        self.full = full
+        self.index = VersionedIndex.from_settings(settings)
+        self.actor = default_actor(settings.triggered_by)
+
+    def run(self) -> IngestSummary:
+        started = time.monotonic()
+        started_at = utc_now()
+        scanner = SourceScanner(self.settings.ingest.extensions, int(self.settings.ingest.max_file_mb * 2**20))
+        scan = scanner.scan(self.source)  # raises SourceNotFound before anything is locked or written
+        with self.index.lock(self.settings.ingest.lock_timeout_s, holder=f"ingest by {self.actor}"):
+            try:
+                summary, file_actions = self._run_locked(scan, started_at)
+            except BaseException as exc:
+                self._audit(started_at, "failed", None, [], error=f"{type(exc).__name__}: {exc}")
+                raise
+            summary.duration_s = round(time.monotonic() - started, 3)
+            self._audit(started_at, "completed", summary, file_actions)
+        return summary
+
+    def _run_locked(self, scan: ScanResult, started_at: str) -> tuple[IngestSummary, list[dict[str, str]]]:
+        current = self.index.current_info()
+        previous_manifest = self.index.manifest(current.version if current else None)
+        model = self._load_model()
+        spec = model.spec
+        rebuild_reason = self._full_rebuild_reason(current, spec)
+        base_manifest = Manifest() if rebuild_reason else previous_manifest
+
+        fingerprints = {f.path: f.fingerprint for f in scan.files}
+        diff = diff_manifest(base_manifest, fingerprints)
+        if not scan.files and previous_manifest.files:
+            # An empty source usually means an unmounted or mistyped folder: refuse to wipe the index.
+            log.warning("source %s has no documents; the index is left unchanged", self.source)
+            diff = ManifestDiff([], [], [], [])
+        summary = IngestSummary(
+            index_version=current.version if current else None,
+            previous_version=current.version if current else None,
+            files_seen=scan.files_seen,
+            files_unchanged=len(diff.unchanged),
+            files_ignored=len(scan.ignored),
+            embedding_model=spec.name,
+            full_rebuild_reason=rebuild_reason,
+            chunks_total=current.chunks_total if current else 0,
+        )
+        failures = list(scan.failed)
+        log.info(
+            "scan done",
+            extra={"fields": {"source": str(self.source), "files": len(scan.files), "to_embed": len(diff.to_embed), "deleted": len(diff.deleted), "unchanged": len(diff.unchanged), "rebuild": rebuild_reason}},
+        )
+
+        needs_version = bool(diff.to_embed or diff.deleted or rebuild_reason)
+        if not needs_version:
+            summary.files_failed = [asdict(f) for f in failures]
+            return summary, self._file_actions(diff, [], failures, scan.ignored)
+
+        builder = self.index.begin(spec, chunking_record(self.settings), parent=current.version if current else None)
+        try:
+            new_entries, pipeline_failures = self._embed_and_write(builder, scan, diff.to_embed, spec, started_at)
+            failures.extend(pipeline_failures)
+            # Files whose old chunks leave the index: deleted, or changed (even if they now fail).
+            dropped = [p for p in diff.deleted + diff.changed if p in previous_manifest.files]
+            if not (new_entries or dropped or rebuild_reason):
+                # Only previously failing files were retried, and they still fail: keep serving
+                # the current version rather than publishing an identical one.
+                builder.abort()
+                summary.files_failed = [asdict(f) for f in failures]
+                return summary, self._file_actions(diff, [], failures, scan.ignored)
+            carried = self._carry_over(builder, current, diff, rebuild_reason)
+            manifest = Manifest({**carried, **new_entries})
+            info = builder.commit(manifest)
+            self.index.set_current(builder.version)
+        except BaseException:
+            builder.abort()
+            raise
+        removed = self.index.garbage_collect(self.settings.ingest.keep_versions)
+        if removed:
+            log.info("garbage collected versions", extra={"fields": {"removed": removed}})
+
+        replaced = list(previous_manifest.files) if rebuild_reason else dropped
+        summary.index_version = info.version
+        summary.new_version_created = True
+        summary.files_indexed = len(new_entries)
+        summary.files_deleted = len(diff.deleted)
+        summary.files_failed = [asdict(f) for f in failures]
+        summary.chunks_added = sum(len(e.chunk_ids) for e in new_entries.values())
+        summary.chunks_deleted = sum(len(previous_manifest.files[p].chunk_ids) for p in replaced)
+        summary.chunks_total = info.chunks_total
+        return summary, self._file_actions(diff, list(new_entries), failures, scan.ignored)
+
+    def _load_model(self) -> EmbeddingModel:
+        s = self.settings
+        return EmbeddingModel.from_setting(
+            s.embedding_model, "cpu", s.embedding_query_instruction, s.hub_probe_timeout_s, torch_threads=1
+        )
+
+    def _full_rebuild_reason(self, current: VersionInfo | None, spec: EmbeddingModelSpec) -> str | None:
+        if current is None:
+            return None
+        if self.full:
+            return "--full requested"
+        if not same_vector_space(current.model_spec, spec):
+            return f"embedding model changed from {current.model_spec.name} to {spec.name}"
+        if current.chunking != chunking_record(self.settings):
+            return "chunking settings changed"
+        return None
+
+    def _carry_over(self, builder: VersionBuilder, current: VersionInfo | None, diff: ManifestDiff, rebuild_reason: str | None) -> dict[str, ManifestEntry]:
+        """Copy unchanged files' chunks (with their vectors) from the current version's Parquet."""
+        if current is None or rebuild_reason or not diff.unchanged:
+            return {}
+        table, _ = read_parquet_version(self.index.parquet_dir(current.version))
+        keep = table.filter(pc.is_in(table.column("file"), value_set=pa.array(diff.unchanged)))
+        batch = self.settings.ingest.write_batch_size
+        for offset in range(0, keep.num_rows, batch):
+            builder.add(keep.slice(offset, batch))
+        return manifest_from_rows(keep).files
+
+    def _embed_and_write(self, builder: VersionBuilder, scan: ScanResult, to_embed: list[str], spec: EmbeddingModelSpec, started_at: str) -> tuple[dict[str, ManifestEntry], list[SkippedFile]]:
+        if not to_embed:
+            return {}, []
+        connect_ray(self.settings)
+        by_path = {f.path: f for f in scan.files}
+        rows, failures = [], []
+        for path in to_embed:
+            source_file = by_path[path]
+            try:
+                data = source_file.absolute.read_bytes()
+            except OSError as exc:
+                failures.append(SkippedFile(path, f"cannot read: {exc.strerror or exc}"))
+                continue
+            rows.append(file_row(path, data, source_file.sidecar_sha256, source_file.metadata))
+        if not rows:
+            return {}, failures
+        s = self.settings
+        parse_config = ParseConfig(
+            pdf_passwords=tuple(p.get_secret_value() for p in s.ingest.pdf_passwords),
+            chunk_size=s.chunking.chunk_size,
+            chunk_overlap=s.chunking.chunk_overlap,
+            separators=tuple(s.chunking.separators),
+            ingested_at=started_at,
+            index_version=builder.version,
+        )
+        resources = PipelineResources(
+            embed_batch_size=s.ingest.embed_batch_size,
+            embed_actors_min=s.ingest.embed_actors_min,
+            embed_actors_max=s.ingest.embed_actors_max,
+            embed_num_cpus=s.ingest.embed_num_cpus,
+            embed_num_gpus=s.ingest.embed_num_gpus,
+            embed_torch_threads=s.ingest.embed_torch_threads,
+            embedding_device=s.embedding_device,
+            parse_num_cpus=s.ingest.parse_num_cpus,
+        )
+        dataset = build_dataset(rows, parse_config, spec, resources)
+        progress = _Progress(len(rows), s.ingest.progress_interval_s)
+        written: list[pa.Table] = []  # the id columns of every chunk written, for the manifest
+        failed_paths: dict[str, str] = {}
+        files_done: set[str] = set()
+        for batch in dataset.iter_batches(batch_size=s.ingest.write_batch_size, batch_format="pyarrow"):
+            errors = batch.column("error")
+            for record in batch.filter(pc.not_equal(errors, "")).select(["file", "error"]).to_pylist():
+                failed_paths[record["file"]] = record["error"]
+            good = batch.filter(pc.equal(errors, "")).drop_columns(["error"])
+            if good.num_rows:
+                builder.add(good)
+                written.append(good.select(MANIFEST_COLUMNS))
+                files_done.update(good.column("file").to_pylist())
+            progress.update(good.num_rows, len(files_done) + len(failed_paths))
+        progress.finish(len(files_done) + len(failed_paths))
+
+        entries = manifest_from_rows(pa.concat_tables(written)).files if written else {}
+        failures.extend(SkippedFile(path, reason) for path, reason in sorted(failed_paths.items()))
+        accounted = set(entries) | set(failed_paths)
+        for row in rows:  # a file that produced neither chunks nor a failure row is still reported
+            if row["file"] not in accounted:
+                failures.append(SkippedFile(row["file"], "no output from the pipeline"))
+        return entries, failures
+
+    def _file_actions(self, diff: ManifestDiff, indexed: Iterable[str], failures: list[SkippedFile], ignored: list[SkippedFile]) -> list[dict[str, str]]:
+        indexed = set(indexed)
+        actions = [{"file": p, "action": "added"} for p in diff.added if p in indexed]
+        actions += [{"file": p, "action": "changed"} for p in diff.changed if p in indexed]
+        actions += [{"file": p, "action": "deleted"} for p in diff.deleted]
+        actions += [{"file": f.file, "action": "failed", "reason": f.reason} for f in failures]
+        actions += [{"file": f.file, "action": "ignored", "reason": f.reason} for f in ignored]
+        return actions
+
+    def _audit(self, started_at: str, status: str, summary: IngestSummary | None, files: list[dict[str, str]], error: str | None = None) -> None:
+        record: dict[str, Any] = {
+            "event": "ingest",
+            "status": status,
+            "triggered_by": self.actor,
+            "started_at": started_at,
+            "finished_at": utc_now(),
+            "source": str(self.source.resolve()),
+            "full": self.full,
+        }
+        if summary is not None:
+            record.update(
+                index_version=summary.index_version,
+                previous_version=summary.previous_version,
+                new_version_created=summary.new_version_created,
+                embedding_model=summary.embedding_model,
+                summary={k: v for k, v in summary.to_dict().items() if k != "files_failed"},
+            )
+        if error:
+            record["error"] = error
+        record["files"] = files
+        self.index.audit.append(record)
+
+
+class _Progress:
+    """A log line every few seconds so long runs show where they are."""
+
+    def __init__(self, total_files: int, interval_s: float):
+        self.total_files = total_files
+        self.interval_s = interval_s
+        self.started = time.monotonic()
+        self.last = self.started
+        self.chunks = 0
+
+    def update(self, chunks: int, files_done: int) -> None:
+        self.chunks += chunks
+        now = time.monotonic()
+        if now - self.last >= self.interval_s:
+            self.last = now
+            self._log(files_done)
+
+    def finish(self, files_done: int) -> None:
+        self._log(files_done)
+
+    def _log(self, files_done: int) -> None:
+        elapsed = max(time.monotonic() - self.started, 1e-9)
+        log.info(
+            "progress",
+            extra={"fields": {"files_done": files_done, "files_total": self.total_files, "chunks_written": self.chunks, "chunks_per_s": round(self.chunks / elapsed, 1), "elapsed_s": round(elapsed, 1)}},
+        )
+
+
+def rebuild_from_parquet(settings: RAGSettings, parquet_dir: Path, triggered_by: str | None = None) -> IngestSummary:
+    """A new version in the configured store from a Parquet copy, without re-embedding."""
+    started = time.monotonic()
+    started_at = utc_now()
+    index = VersionedIndex.from_settings(settings)
+    actor = default_actor(triggered_by or settings.triggered_by)
+    table, recorded = read_parquet_version(parquet_dir)
+    spec = EmbeddingModelSpec.from_dict(recorded["embedding_model"])
+    with index.lock(settings.ingest.lock_timeout_s, holder=f"rebuild by {actor}"):
+        current = index.current_version()
+        builder = index.begin(spec, recorded["chunking"], parent=current)
+        try:
+            for offset in range(0, table.num_rows, settings.ingest.write_batch_size):
+                builder.add(table.slice(offset, settings.ingest.write_batch_size))
+            info = builder.commit(manifest_from_rows(table))
+            index.set_current(info.version)
+        except BaseException:
+            builder.abort()
+            raise
+        index.garbage_collect(settings.ingest.keep_versions)
+        summary = IngestSummary(
+            index_version=info.version,
+            previous_version=current,
+            files_seen=info.files_total,
+            files_indexed=info.files_total,
+            chunks_added=info.chunks_total,
+            chunks_total=info.chunks_total,
+            embedding_model=spec.name,
+            new_version_created=True,
+            full_rebuild_reason=f"rebuilt from Parquet {parquet_dir}",
+            duration_s=round(time.monotonic() - started, 3),
+        )
+        index.audit.append(
+            {"event": "rebuild_from_parquet", "status": "completed", "triggered_by": actor, "started_at": started_at, "finished_at": utc_now(), "source": str(Path(parquet_dir).resolve()), "index_version": info.version, "previous_version": current, "embedding_model": spec.name, "summary": summary.to_dict(), "files": []}
+        )
+    return summary

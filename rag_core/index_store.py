@@ -1,0 +1,421 @@
+"""The versioned index: each version's vectors in its own ChromaDB collection, its chunks and
+embeddings in Parquet, its manifest beside them, and one atomically replaced "current" pointer.
+
+A version is built apart from the one being served and only becomes visible when the pointer
+flips, so readers never see a half-written index. An embedded Chroma client that stays open
+while another process writes the same collection returns stale vectors; giving every version
+its own folder (embedded) or collection (server) and reopening on a version change avoids that.
+
+Layout of `index_dir`:
+    CURRENT.json                  pointer: {"version": ..., "updated_at": ...}
+    audit.jsonl                   audit trail
+    ingest.lock                   held by the one writer
+    versions/<version>/
+        version.json              written last: its presence marks the version committed
+        manifest.json             path -> sha256, chunk ids
+        chunks/part-*.parquet     chunk rows with embeddings (self-describing, for rebuilds)
+        chroma/                   embedded ChromaDB (absent in server mode)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+from urllib.parse import urlparse
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from filelock import FileLock, Timeout
+
+from rag_core.audit import AuditLog, utc_now
+from rag_core.embedding import EmbeddingModelSpec
+from rag_core.manifest import Manifest, ManifestEntry
+
+POINTER_FILE = "CURRENT.json"
+VERSIONS_DIR = "versions"
+VERSION_INFO_FILE = "version.json"
+MANIFEST_FILE = "manifest.json"
+PARQUET_DIR = "chunks"
+CHROMA_DIR = "chroma"
+LOCK_FILE = "ingest.lock"
+AUDIT_FILE = "audit.jsonl"
+EMBEDDED_COLLECTION = "chunks"
+PARQUET_METADATA_KEY = b"rag_index"
+PARQUET_ROWS_PER_FILE = 100_000
+
+_VERSION_PATTERN = re.compile(r"^v(\d{6,})$")
+
+# Chunk metadata written by the pipeline; sidecar keys may not override these.
+RESERVED_METADATA_KEYS = frozenset(
+    {"file", "page", "chunk_index", "char_start", "char_end", "file_sha256", "ingested_at", "index_version"}
+)
+
+
+class IndexStoreError(RuntimeError):
+    """The index is missing, unreadable or cannot be written."""
+
+
+class IndexLockBusy(IndexStoreError):
+    """Another ingest run or rollback holds the index lock."""
+
+
+def chunk_schema(dimension: int) -> pa.Schema:
+    return pa.schema(
+        [
+            ("chunk_id", pa.string()),
+            ("file", pa.string()),
+            ("page", pa.int32()),
+            ("chunk_index", pa.int32()),
+            ("char_start", pa.int32()),
+            ("char_end", pa.int32()),
+            ("text", pa.string()),
+            ("file_sha256", pa.string()),
+            ("sidecar_sha256", pa.string()),
+            ("file_size", pa.int64()),
+            ("ingested_at", pa.string()),
+            ("index_version", pa.string()),
+            ("metadata", pa.string()),  # JSON object of sidecar keys
+            ("embedding", pa.list_(pa.float32(), dimension)),
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    version: str
+    created_at: str
+    embedding_model: dict[str, Any]
+    chunking: dict[str, Any]
+    chunks_total: int
+    files_total: int
+    store: str  # "embedded" or the Chroma server URL
+    collection: str
+    parent_version: str | None = None
+
+    @property
+    def model_spec(self) -> EmbeddingModelSpec:
+        return EmbeddingModelSpec.from_dict(self.embedding_model)
+
+    @classmethod
+    def load(cls, path: Path) -> "VersionInfo":
+        return cls(**json.loads(path.read_text()))
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over the target."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class ChromaBackend:
+    """Where a version's vectors live: its own embedded folder, or its own collection on a server."""
+
+    def __init__(self, versions_root: Path, chroma_url: str | None, collection_prefix: str):
+        self.versions_root = versions_root
+        self.chroma_url = chroma_url
+        self.collection_prefix = collection_prefix
+        self._http_client: Any = None
+
+    @property
+    def store_name(self) -> str:
+        return self.chroma_url or "embedded"
+
+    def collection_name(self, version: str) -> str:
+        return f"{self.collection_prefix}-{version}" if self.chroma_url else EMBEDDED_COLLECTION
+
+    def client(self, version: str) -> Any:
+        import chromadb
+
+        if self.chroma_url:
+            if self._http_client is None:
+                parsed = urlparse(self.chroma_url)
+                self._http_client = chromadb.HttpClient(
+                    host=parsed.hostname or "127.0.0.1",
+                    port=parsed.port or (443 if parsed.scheme == "https" else 8000),
+                    ssl=parsed.scheme == "https",
+                )
+            return self._http_client
+        return chromadb.PersistentClient(path=str(self.versions_root / version / CHROMA_DIR))
+
+    def create(self, version: str) -> tuple[Any, Any]:
+        """A new, empty collection for `version` and the client that owns it."""
+        client = self.client(version)
+        name = self.collection_name(version)
+        if self.chroma_url:
+            self._drop_if_present(client, name)  # left over from a killed build of this version
+        # embedding_function=None: vectors are always passed in; Chroma's default would download a model.
+        collection = client.create_collection(
+            name, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
+        )
+        return client, collection
+
+    def open(self, version: str) -> tuple[Any, Any]:
+        client = self.client(version)
+        return client, client.get_collection(self.collection_name(version), embedding_function=None)
+
+    def release(self, client: Any) -> None:
+        """Close an embedded client so its files are flushed and free; the server client is shared."""
+        if not self.chroma_url:
+            client.close()
+
+    def drop(self, version: str) -> None:
+        if self.chroma_url:
+            self._drop_if_present(self.client(version), self.collection_name(version))
+
+    @staticmethod
+    def _drop_if_present(client: Any, name: str) -> None:
+        try:
+            client.delete_collection(name)
+        except Exception:  # chromadb raises NotFoundError/ValueError depending on the backend
+            pass
+
+
+def chroma_metadata(row: dict[str, Any]) -> dict[str, Any]:
+    metadata = {
+        "file": row["file"],
+        "page": int(row["page"]),
+        "chunk_index": int(row["chunk_index"]),
+        "char_start": int(row["char_start"]),
+        "char_end": int(row["char_end"]),
+        "file_sha256": row["file_sha256"],
+        "ingested_at": row["ingested_at"],
+        "index_version": row["index_version"],
+    }
+    for key, value in json.loads(row["metadata"] or "{}").items():
+        metadata.setdefault(key, value)
+    return metadata
+
+
+class VersionBuilder:
+    """Writes one new version apart from the current one; nothing is visible until commit."""
+
+    def __init__(self, index: "VersionedIndex", version: str, spec: EmbeddingModelSpec, chunking: dict[str, Any], parent: str | None):
+        self.index = index
+        self.version = version
+        self.spec = spec
+        self.chunking = chunking
+        self.parent = parent
+        self.directory = index.versions_root / version
+        self.directory.mkdir(parents=True, exist_ok=False)
+        self.schema = chunk_schema(spec.dimension).with_metadata(
+            {PARQUET_METADATA_KEY: json.dumps({"embedding_model": spec.to_dict(), "chunking": chunking, "version": version})}
+        )
+        self._client, self._collection = index.backend.create(version)
+        self._parquet_dir = self.directory / PARQUET_DIR
+        self._parquet_dir.mkdir()
+        self._parquet_writer: pq.ParquetWriter | None = None
+        self._parquet_part = 0
+        self._rows_in_part = 0
+        self.chunks_written = 0
+
+    def add(self, table: pa.Table) -> None:
+        """Add chunk rows (schema of chunk_schema) to the vector store and the Parquet copy."""
+        if table.num_rows == 0:
+            return
+        table = table.select(self.schema.names).cast(self.schema)
+        rows = table.drop_columns(["embedding"]).to_pylist()
+        embeddings = table.column("embedding").combine_chunks().flatten().to_numpy(zero_copy_only=False)
+        embeddings = embeddings.reshape(table.num_rows, self.spec.dimension)
+        self._collection.add(
+            ids=[row["chunk_id"] for row in rows],
+            embeddings=np.ascontiguousarray(embeddings, dtype=np.float32),
+            documents=[row["text"] for row in rows],
+            metadatas=[chroma_metadata(row) for row in rows],
+        )
+        self._write_parquet(table)
+        self.chunks_written += table.num_rows
+
+    def _write_parquet(self, table: pa.Table) -> None:
+        if self._parquet_writer is None or self._rows_in_part >= PARQUET_ROWS_PER_FILE:
+            if self._parquet_writer is not None:
+                self._parquet_writer.close()
+            path = self._parquet_dir / f"part-{self._parquet_part:05d}.parquet"
+            self._parquet_writer = pq.ParquetWriter(path, self.schema)
+            self._parquet_part += 1
+            self._rows_in_part = 0
+        self._parquet_writer.write_table(table)
+        self._rows_in_part += table.num_rows
+
+    def commit(self, manifest: Manifest) -> VersionInfo:
+        """Make the version complete on disk (not yet current): data, manifest, then version.json."""
+        if self._parquet_writer is None:  # an empty version still gets a readable, empty dataset
+            self._write_parquet(self.schema.empty_table())
+        self._parquet_writer.close()
+        self._parquet_writer = None
+        stored = self._collection.count()
+        if stored != self.chunks_written or stored != manifest.chunk_count:
+            raise IndexStoreError(
+                f"version {self.version}: the store holds {stored} chunks, {self.chunks_written} were written "
+                f"and the manifest lists {manifest.chunk_count}; not committing"
+            )
+        self.index.backend.release(self._client)
+        _atomic_write(self.directory / MANIFEST_FILE, manifest.to_json())
+        info = VersionInfo(
+            version=self.version,
+            created_at=utc_now(),
+            embedding_model=self.spec.to_dict(),
+            chunking=self.chunking,
+            chunks_total=stored,
+            files_total=len(manifest.files),
+            store=self.index.backend.store_name,
+            collection=self.index.backend.collection_name(self.version),
+            parent_version=self.parent,
+        )
+        _atomic_write(self.directory / VERSION_INFO_FILE, json.dumps(asdict(info), indent=1))
+        return info
+
+    def abort(self) -> None:
+        if self._parquet_writer is not None:
+            self._parquet_writer.close()
+        self.index.backend.release(self._client)
+        self.index.discard(self.version)
+
+
+class VersionedIndex:
+    """Versions, the current pointer, the writer lock, rollback and garbage collection."""
+
+    def __init__(self, index_dir: Path, chroma_url: str | None = None, collection_prefix: str = "rag"):
+        self.index_dir = Path(index_dir)
+        self.versions_root = self.index_dir / VERSIONS_DIR
+        self.backend = ChromaBackend(self.versions_root, chroma_url, collection_prefix)
+        self.audit = AuditLog(self.index_dir / AUDIT_FILE)
+
+    @classmethod
+    def from_settings(cls, settings: Any) -> "VersionedIndex":
+        return cls(settings.index_dir, settings.chroma_url, settings.chroma_collection_prefix)
+
+    # -- reading ---------------------------------------------------------------------------
+    def current_version(self) -> str | None:
+        pointer = self.index_dir / POINTER_FILE
+        if not pointer.exists():
+            return None
+        return json.loads(pointer.read_text())["version"]
+
+    def info(self, version: str) -> VersionInfo:
+        path = self.versions_root / version / VERSION_INFO_FILE
+        if not path.exists():
+            raise IndexStoreError(f"index version {version!r} does not exist or was never committed")
+        return VersionInfo.load(path)
+
+    def current_info(self) -> VersionInfo | None:
+        version = self.current_version()
+        return self.info(version) if version else None
+
+    def manifest(self, version: str | None) -> Manifest:
+        if version is None:
+            return Manifest()
+        return Manifest.load(self.versions_root / version / MANIFEST_FILE)
+
+    def parquet_dir(self, version: str) -> Path:
+        return self.versions_root / version / PARQUET_DIR
+
+    def committed_versions(self) -> list[str]:
+        return [v for v in self._all_version_dirs() if (self.versions_root / v / VERSION_INFO_FILE).exists()]
+
+    def _all_version_dirs(self) -> list[str]:
+        if not self.versions_root.exists():
+            return []
+        names = [p.name for p in self.versions_root.iterdir() if p.is_dir() and _VERSION_PATTERN.match(p.name)]
+        return sorted(names, key=lambda name: int(name[1:]))
+
+    # -- writing (callers hold the lock) ---------------------------------------------------
+    @contextmanager
+    def lock(self, timeout_s: float = 0.0, holder: str = "") -> Iterator[None]:
+        self.index_dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.index_dir / LOCK_FILE), timeout=timeout_s)
+        owner_file = self.index_dir / f"{LOCK_FILE}.owner"
+        try:
+            lock.acquire()
+        except Timeout:
+            owner = owner_file.read_text().strip() if owner_file.exists() else "unknown"
+            raise IndexLockBusy(
+                f"another ingest run or rollback is writing {self.index_dir} ({owner}); "
+                f"retry when it finishes, or set ingest.lock_timeout_s to wait for it"
+            ) from None
+        try:
+            owner_file.write_text(f"pid {os.getpid()} {holder} since {utc_now()}")
+            yield
+        finally:
+            lock.release()
+
+    def next_version(self) -> str:
+        existing = self._all_version_dirs()  # includes aborted builds, so a number is never reused
+        number = int(existing[-1][1:]) + 1 if existing else 1
+        return f"v{number:06d}"
+
+    def begin(self, spec: EmbeddingModelSpec, chunking: dict[str, Any], parent: str | None) -> VersionBuilder:
+        return VersionBuilder(self, self.next_version(), spec, chunking, parent)
+
+    def set_current(self, version: str) -> None:
+        self.info(version)  # refuse to point at an uncommitted version
+        _atomic_write(
+            self.index_dir / POINTER_FILE, json.dumps({"version": version, "updated_at": utc_now()})
+        )
+
+    def discard(self, version: str) -> None:
+        if version == self.current_version():
+            raise IndexStoreError(f"refusing to delete the current version {version}")
+        self.backend.drop(version)
+        shutil.rmtree(self.versions_root / version, ignore_errors=True)
+
+    def garbage_collect(self, keep: int) -> list[str]:
+        """Drop unfinished builds and committed versions beyond the newest `keep` (never the current one)."""
+        current = self.current_version()
+        committed = self.committed_versions()
+        keep_set = set(committed[-keep:]) | ({current} if current else set())
+        removed = [v for v in self._all_version_dirs() if v not in keep_set]
+        for version in removed:
+            self.discard(version)
+        return removed
+
+
+def read_parquet_version(parquet_dir: Path) -> tuple[pa.Table, dict[str, Any]]:
+    """A version's chunk rows and its recorded model/chunking metadata."""
+    files = sorted(Path(parquet_dir).glob("*.parquet"))
+    if not files:
+        raise IndexStoreError(f"no Parquet files in {parquet_dir}")
+    schema = pq.read_schema(files[0])
+    raw = (schema.metadata or {}).get(PARQUET_METADATA_KEY)
+    if raw is None:
+        raise IndexStoreError(f"{parquet_dir} was not written by this project (no {PARQUET_METADATA_KEY.decode()} metadata)")
+    table = pa.concat_tables([pq.read_table(f) for f in files])
+    return table, json.loads(raw)
+
+
+MANIFEST_COLUMNS = ["file", "chunk_id", "chunk_index", "file_sha256", "sidecar_sha256", "file_size", "index_version"]
+
+
+def manifest_from_rows(table: pa.Table) -> Manifest:
+    """The manifest entries described by chunk rows (each file's chunk ids in order)."""
+    entries: dict[str, dict[str, Any]] = {}
+    columns = table.select(MANIFEST_COLUMNS).to_pylist()
+    for row in sorted(columns, key=lambda r: (r["file"], r["chunk_index"])):
+        entry = entries.setdefault(
+            row["file"],
+            {"sha256": row["file_sha256"], "sidecar_sha256": row["sidecar_sha256"], "size": row["file_size"], "chunk_ids": [], "index_version": row["index_version"]},
+        )
+        entry["chunk_ids"].append(row["chunk_id"])
+    return Manifest({path: ManifestEntry(**{**e, "chunk_ids": tuple(e["chunk_ids"])}) for path, e in entries.items()})

@@ -1,0 +1,156 @@
+"""One typed settings model for ingest and serve: defaults < YAML (configs/) < RAG_* environment.
+
+Nested groups are overridden with a double underscore, e.g. RAG_CHUNKING__CHUNK_SIZE=256.
+The config file is chosen by the explicit argument, else RAG_CONFIG, else configs/rag.yaml
+in the working directory when present (the defaults below mirror that file).
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    YamlConfigSettingsSource,
+)
+
+DEFAULT_CONFIG_FILE = Path("configs/rag.yaml")
+
+
+def default_index_dir() -> Path:
+    # Absolute by default: `ray job submit --working-dir .` runs the job in a temporary copy of
+    # the repo, so a relative path would put the index somewhere that is deleted afterwards.
+    base = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    return Path(base) / "rag-service" / "index"
+
+
+class ChunkingSettings(BaseModel):
+    chunk_size: int = Field(512, ge=32, description="Maximum characters per chunk.")
+    chunk_overlap: int = Field(64, ge=0, description="Characters shared by neighbouring chunks.")
+    separators: list[str] = Field(
+        default_factory=lambda: ["\n\n", "\n", ". ", " ", ""],
+        description="Split points tried in order; '' means a hard cut.",
+    )
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> "ChunkingSettings":
+        if self.chunk_overlap >= self.chunk_size:
+            raise ValueError("chunking.chunk_overlap must be smaller than chunking.chunk_size")
+        return self
+
+
+class IngestSettings(BaseModel):
+    extensions: list[str] = Field(default_factory=lambda: [".pdf", ".txt", ".md"])
+    max_file_mb: float = Field(50.0, gt=0, description="Larger files are listed as failed.")
+    pdf_passwords: list[SecretStr] = Field(
+        default_factory=list, description="Tried after the empty password on encrypted PDFs."
+    )
+    embed_batch_size: int = Field(64, ge=1, description="Chunks per embedding call on a worker.")
+    embed_actors_min: int = Field(1, ge=1, description="Embedding actor pool: minimum size.")
+    embed_actors_max: int = Field(1, ge=1, description="Embedding actor pool: maximum size.")
+    embed_num_cpus: float = Field(1.0, ge=0)
+    embed_num_gpus: float = Field(0.0, ge=0, description="Set >0 so embedding actors run on GPUs.")
+    embed_torch_threads: int | None = Field(
+        None, ge=1, description="Torch threads per embedding actor; default: the node's cores."
+    )
+    parse_num_cpus: float = Field(1.0, gt=0)
+    write_batch_size: int = Field(512, ge=1, description="Chunks per store write on the driver.")
+    keep_versions: int = Field(5, ge=1, description="Committed versions kept for rollback.")
+    lock_timeout_s: float = Field(0.0, ge=0, description="How long a second run waits for the lock.")
+    progress_interval_s: float = Field(10.0, gt=0)
+
+    @field_validator("extensions")
+    @classmethod
+    def _normalise_extensions(cls, value: list[str]) -> list[str]:
+        return sorted({(e if e.startswith(".") else f".{e}").lower() for e in value})
+
+    @model_validator(mode="after")
+    def _pool_bounds(self) -> "IngestSettings":
+        if self.embed_actors_max < self.embed_actors_min:
+            raise ValueError("ingest.embed_actors_max must be >= ingest.embed_actors_min")
+        return self
+
+
+class RAGSettings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="RAG_", env_nested_delimiter="__", extra="forbid", validate_default=True
+    )
+    # Set on the subclass that load_settings() builds; None = defaults and environment only.
+    yaml_config_file: ClassVar[Path | None] = None
+
+    index_dir: Path = Field(
+        default_factory=default_index_dir,
+        description="Holds the current-version pointer, versions, manifests, Parquet and audit trail.",
+    )
+    embedding_model: str = Field(
+        "auto",
+        description="'auto' (bge-small-en-v1.5 if loadable, else packaged all-MiniLM-L6-v2), "
+        "a Hugging Face id, or a local folder.",
+    )
+    embedding_device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    embedding_query_instruction: str = Field(
+        "auto", description="'auto' (bge instruction for bge models), 'none', or a literal prefix."
+    )
+    hub_probe_timeout_s: float = Field(
+        3.0, gt=0, description="How long 'auto' waits for the Hugging Face Hub before falling back."
+    )
+    chroma_url: str | None = Field(None, description="ChromaDB server; unset = embedded store.")
+    chroma_collection_prefix: str = "rag"
+    redis_url: str | None = None
+    llm_base_url: str | None = None
+    llm_model: str | None = None
+    llm_api_key: SecretStr | None = None
+    ray_address: str | None = Field(None, description="Ray cluster to join; unset = RAY_ADDRESS or local.")
+    triggered_by: str | None = Field(None, description="Recorded in the audit trail; default user@host.")
+    ingest: IngestSettings = Field(default_factory=IngestSettings)
+    chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
+
+    @field_validator("index_dir")
+    @classmethod
+    def _absolute_index_dir(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @field_validator("chroma_url", "redis_url", "llm_base_url", "llm_model", "ray_address", mode="before")
+    @classmethod
+    def _blank_is_unset(cls, value: Any) -> Any:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        sources: list[PydanticBaseSettingsSource] = [init_settings, env_settings]
+        if cls.yaml_config_file is not None:
+            sources.append(YamlConfigSettingsSource(settings_cls, yaml_file=cls.yaml_config_file))
+        return tuple(sources)
+
+
+class ConfigFileError(ValueError):
+    """The named config file is missing or unreadable."""
+
+
+def resolve_config_file(config_file: str | os.PathLike[str] | None = None) -> Path | None:
+    explicit = config_file or os.environ.get("RAG_CONFIG")
+    if explicit:
+        path = Path(explicit).expanduser()
+        if not path.is_file():
+            raise ConfigFileError(f"config file not found: {path}")
+        return path
+    return DEFAULT_CONFIG_FILE if DEFAULT_CONFIG_FILE.is_file() else None
+
+
+def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> RAGSettings:
+    """Settings from (in rising priority) defaults, the YAML file, RAG_* variables, `overrides`."""
+    path = resolve_config_file(config_file)
+    bound = type("RAGSettings", (RAGSettings,), {"yaml_config_file": path})
+    return bound(**overrides)

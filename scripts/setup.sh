@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Creates .venv (if needed) and installs the project with its test tools.
+# torch goes first so pip takes the CPU wheel instead of pulling a multi-GB CUDA build;
+# for GPU workers set TORCH_SPEC (e.g. "torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128").
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+if [ ! -x .venv/bin/python ]; then
+  "$PYTHON" -m venv .venv
+fi
+. .venv/bin/activate
+python -m pip install --quiet --upgrade pip
+# shellcheck disable=SC2086
+python -m pip install --quiet ${TORCH_SPEC:-torch==2.13.0}
+python -m pip install --quiet -e ".[test]"
+python -c "import torch, ray, chromadb, sentence_transformers; print(f'torch {torch.__version__}, ray {ray.__version__}, chromadb {chromadb.__version__}, sentence-transformers {sentence_transformers.__version__}')"
