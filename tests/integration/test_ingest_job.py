@@ -1,0 +1,373 @@
+"""The ingest job end to end, as users run it: the CLI (joining a real local Ray cluster),
+real ChromaDB, the real embedding model, real PDFs."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from ingest_jobs.index import EXIT_LOCKED, EXIT_USAGE
+from rag_core.embedding import PACKAGED_MINILM, EmbeddingModel, packaged_minilm_path
+from rag_core.index_reader import IndexReader
+from rag_core.index_store import VERSION_INFO_FILE, VersionedIndex
+from tests.conftest import REPO_ROOT, SAMPLES_DIR
+from tests.integration.conftest import RayCluster, free_port, ingest_env, run_ingest
+
+SUMMARY_KEYS = {
+    "index_version", "files_seen", "files_indexed", "files_unchanged", "files_deleted",
+    "files_failed", "chunks_added", "chunks_deleted", "chunks_total", "embedding_model", "duration_s",
+}
+
+
+@pytest.fixture(scope="module")
+def model() -> EmbeddingModel:
+    return EmbeddingModel.from_setting("auto")
+
+
+def search(index_dir: Path, model: EmbeddingModel, query: str, top_k: int = 5, **store: str):
+    index = VersionedIndex(index_dir, store.get("chroma_url"), store.get("prefix", "rag"))
+    reader = IndexReader(index)
+    try:
+        reader.refresh()
+        return reader.search(model.embed_queries([query])[0], top_k)
+    finally:
+        reader.close()
+
+
+def all_documents(index_dir: Path, **store: str) -> list[tuple[str, dict]]:
+    index = VersionedIndex(index_dir, store.get("chroma_url"), store.get("prefix", "rag"))
+    client, collection = index.backend.open(index.current_version())
+    try:
+        got = collection.get(include=["documents", "metadatas"])
+        return list(zip(got["documents"], got["metadatas"]))
+    finally:
+        index.backend.release(client)
+
+
+def copy_samples(target: Path) -> Path:
+    shutil.copytree(SAMPLES_DIR, target)
+    return target
+
+
+def test_samples_are_indexed_and_searchable_then_rerun_embeds_nothing(tmp_path, ray_cluster, model):
+    index_dir = tmp_path / "index"
+    first = run_ingest(index_dir, ray_cluster, "--source", str(SAMPLES_DIR), RAG_INGEST__PROGRESS_INTERVAL_S="0.5")
+    assert first.returncode == 0, first.stderr[-3000:]
+    summary = first.summary
+    assert SUMMARY_KEYS <= set(summary)
+    assert summary["index_version"] == "v000001"
+    assert (summary["files_seen"], summary["files_indexed"], summary["files_failed"]) == (4, 4, [])
+    assert summary["chunks_added"] == summary["chunks_total"] > 4
+    assert summary["embedding_model"] == PACKAGED_MINILM
+    progress = [json.loads(l) for l in first.stderr.splitlines() if l.startswith("{") and '"progress"' in l]
+    assert progress and progress[-1]["chunks_written"] == summary["chunks_added"]
+
+    top = search(index_dir, model, "How many paid vacation days does an employee get per year?")[0]
+    assert top.file == "vacation-policy.md" and "27 days" in top.text
+    top = search(index_dir, model, "hotel cost limit per night in London")[0]
+    assert (top.file, top.page) == ("expense-guide.pdf", 1) and "260 euros" in top.text
+    top = search(index_dir, model, "how soon must expense reports be submitted")[0]
+    assert (top.file, top.page) == ("expense-guide.pdf", 2)
+
+    again = run_ingest(index_dir, ray_cluster, "--source", str(SAMPLES_DIR))
+    assert again.returncode == 0
+    assert again.summary["index_version"] == "v000001"
+    assert (again.summary["files_unchanged"], again.summary["files_indexed"], again.summary["chunks_added"]) == (4, 0, 0)
+    assert again.summary["new_version_created"] is False
+
+    audit = subprocess.run(
+        [sys.executable, "-m", "ingest_jobs.audit", "--files"], cwd=REPO_ROOT,
+        env=ingest_env(index_dir, None), capture_output=True, text=True, check=True,
+    ).stdout
+    assert "version=v000001" in audit and "added    vacation-policy.md" in audit
+    records = [json.loads(l) for l in (index_dir / "audit.jsonl").read_text().splitlines()]
+    assert [r["status"] for r in records] == ["completed", "completed"]
+    assert records[0]["triggered_by"] and records[0]["source"] == str(SAMPLES_DIR)
+
+
+def test_changed_and_deleted_content_is_no_longer_retrievable(tmp_path, ray_cluster, model):
+    source, index_dir = tmp_path / "docs", tmp_path / "index"
+    source.mkdir()
+    (source / "zebra.txt").write_text("The zebra enclosure door code is ORCHID-7741. Only keepers may use it.\n")
+    (source / "falcon.md").write_text("# Project Falcon\n\nProject Falcon launches on 12 March with three satellites.\n")
+    shutil.copy(SAMPLES_DIR / "expense-guide.pdf", source / "expense-guide.pdf")
+    first = run_ingest(index_dir, ray_cluster, "--source", str(source))
+    assert first.returncode == 0 and first.summary["files_indexed"] == 3
+    assert search(index_dir, model, "zebra enclosure door code")[0].file == "zebra.txt"
+    v1_manifest = VersionedIndex(index_dir).manifest("v000001")
+    removed_chunks = len(v1_manifest.files["zebra.txt"].chunk_ids) + len(v1_manifest.files["falcon.md"].chunk_ids)
+
+    (source / "zebra.txt").unlink()
+    (source / "falcon.md").write_text("# Project Falcon\n\nProject Falcon was cancelled; no satellites will fly.\n")
+    (source / "heron.txt").write_text("Project Heron replaces Falcon and studies river birds.\n")
+    second = run_ingest(index_dir, ray_cluster, "--source", str(source))
+    s = second.summary
+    assert second.returncode == 0
+    assert (s["index_version"], s["files_indexed"], s["files_unchanged"], s["files_deleted"]) == ("v000002", 2, 1, 1)
+    assert s["chunks_deleted"] == removed_chunks
+    assert s["chunks_total"] == first.summary["chunks_total"] - removed_chunks + s["chunks_added"]
+
+    documents = all_documents(index_dir)
+    assert len(documents) == s["chunks_total"]
+    assert not [d for d, m in documents if "ORCHID-7741" in d or m["file"] == "zebra.txt"]
+    assert not [d for d, m in documents if "launches on 12 March" in d]
+    assert any("was cancelled" in d for d, _ in documents)
+    assert all(h.file != "zebra.txt" for h in search(index_dir, model, "zebra enclosure door code", top_k=10))
+    falcon = [h for h in search(index_dir, model, "When does Project Falcon launch?", top_k=10) if h.file == "falcon.md"]
+    assert falcon and all("cancelled" in h.text for h in falcon)
+    # Unchanged files keep their original chunks (carried over, not re-embedded).
+    pdf_chunks = [m for _, m in documents if m["file"] == "expense-guide.pdf"]
+    assert pdf_chunks and {m["index_version"] for m in pdf_chunks} == {"v000001"}
+
+    # Rollback brings the previous version back atomically; the next ingest diffs against it.
+    rollback = subprocess.run([sys.executable, "-m", "ingest_jobs.rollback"], cwd=REPO_ROOT, env=ingest_env(index_dir, None), capture_output=True, text=True)
+    assert rollback.returncode == 0, rollback.stdout + rollback.stderr
+    assert json.loads(rollback.stdout.splitlines()[-1]) == {"index_version": "v000001", "previous_version": "v000002"}
+    assert search(index_dir, model, "zebra enclosure door code")[0].file == "zebra.txt"
+    third = run_ingest(index_dir, ray_cluster, "--source", str(source))
+    assert third.summary["files_deleted"] == 1 and third.summary["index_version"] == "v000003"
+    assert not [d for d, m in all_documents(index_dir) if m["file"] == "zebra.txt"]
+    events = [json.loads(l)["event"] for l in (index_dir / "audit.jsonl").read_text().splitlines()]
+    assert events == ["ingest", "ingest", "rollback", "ingest"]
+
+
+def test_bad_input_is_reported_and_never_fatal(tmp_path, ray_cluster, pdf_dir):
+    index_dir = tmp_path / "index"
+    missing = run_ingest(index_dir, ray_cluster, "--source", str(tmp_path / "nope"))
+    assert missing.returncode == EXIT_USAGE and "source folder not found" in missing.summary["error"]
+    assert VersionedIndex(index_dir).current_version() is None
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_ingest(index_dir, ray_cluster, "--source", str(empty))
+    assert result.returncode == 0
+    assert result.summary["index_version"] is None
+    assert (result.summary["files_seen"], result.summary["files_indexed"], result.summary["chunks_total"]) == (0, 0, 0)
+
+    source = tmp_path / "mixed"
+    source.mkdir()
+    (source / "good.txt").write_text("Lighthouse keepers log the weather every four hours.\n")
+    (source / "latin1.txt").write_bytes("Caf\xe9 cr\xe8me and cr\xeape recipes for the staff kitchen.\n".encode("latin-1"))
+    (source / "empty.pdf").write_bytes(b"")
+    (source / "truncated.pdf").write_bytes((pdf_dir / "pypdf-samples__crazyones-pdfa.pdf").read_bytes()[:1500])
+    shutil.copy(pdf_dir / "ocrmypdf__skew.pdf", source / "scan.pdf")
+    shutil.copy(pdf_dir / "pdfminer__aes-128.pdf", source / "locked.pdf")
+    (source / "huge.txt").write_text("word " * 30_000)  # 150 kB, over the 0.1 MB limit set below
+    (source / "notes.docx").write_bytes(b"PK\x03\x04 not a supported type")
+    outside = tmp_path / "outside.txt"
+    outside.write_text("secret outside the source folder\n")
+    (source / "link-out.txt").symlink_to(outside)
+    (source / "link-in.txt").symlink_to(source / "good.txt")
+
+    result = run_ingest(index_dir, ray_cluster, "--source", str(source), RAG_INGEST__MAX_FILE_MB="0.1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    failed = {f["file"]: f["reason"] for f in result.summary["files_failed"]}
+    assert set(failed) == {"empty.pdf", "truncated.pdf", "scan.pdf", "locked.pdf", "huge.txt"}
+    assert failed["empty.pdf"] == "empty file (0 bytes)"
+    assert failed["truncated.pdf"].startswith("malformed PDF")
+    assert failed["scan.pdf"] == "no extractable text"
+    assert failed["locked.pdf"].startswith("encrypted PDF")
+    assert "too large" in failed["huge.txt"]
+    manifest = VersionedIndex(index_dir).manifest(result.summary["index_version"])
+    assert set(manifest.files) == {"good.txt", "latin1.txt", "link-in.txt"}
+    assert result.summary["files_seen"] == 8 and result.summary["files_indexed"] == 3
+    texts = [d for d, m in all_documents(index_dir) if m["file"] == "latin1.txt"]
+    assert texts and "\ufffd" in texts[0] and "recipes for the staff kitchen" in texts[0]
+    assert not [d for d, _ in all_documents(index_dir) if "secret outside" in d]
+
+    # An empty (e.g. unmounted) source never wipes an existing index.
+    before = VersionedIndex(index_dir).current_version()
+    result = run_ingest(index_dir, ray_cluster, "--source", str(empty))
+    assert result.returncode == 0 and result.summary["files_deleted"] == 0
+    assert VersionedIndex(index_dir).current_version() == before
+
+
+def test_second_concurrent_run_fails_clearly_and_changes_nothing(tmp_path, ray_cluster):
+    index_dir = tmp_path / "index"
+    holder = VersionedIndex(index_dir)
+    with holder.lock(holder="test"):
+        result = run_ingest(index_dir, ray_cluster, "--source", str(SAMPLES_DIR))
+    assert result.returncode == EXIT_LOCKED
+    assert "another ingest run" in result.summary["error"]
+    assert holder.current_version() is None and not holder.committed_versions()
+
+
+def _manifest_expectations(pdf_dir: Path) -> tuple[set[str], set[str], list[str]]:
+    rows = list(csv.DictReader((pdf_dir / "MANIFEST.tsv").open(), delimiter="\t"))
+    no_text = {r["filename"] for r in rows if r["extractable_text"] == "no"}
+    passwords = sorted({r["password"] for r in rows if r["password"]})
+    return {r["filename"] for r in rows}, no_text, passwords
+
+
+def test_killed_run_leaves_current_version_intact_then_all_shared_pdfs_are_accounted_for(tmp_path, ray_cluster, pdf_dir, model):
+    source, index_dir = copy_samples(tmp_path / "docs"), tmp_path / "index"
+    first = run_ingest(index_dir, ray_cluster, "--source", str(source))
+    assert first.returncode == 0
+    all_pdfs, no_text, passwords = _manifest_expectations(pdf_dir)
+    for name in all_pdfs:
+        shutil.copy(pdf_dir / name, source / name)
+    settings = {"RAG_INGEST__PDF_PASSWORDS": json.dumps(passwords), "RAG_INGEST__PROGRESS_INTERVAL_S": "0.5"}
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ingest_jobs.index", "--source", str(source)], cwd=REPO_ROOT,
+        env=ingest_env(index_dir, ray_cluster, **settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    seen_progress = threading.Event()
+
+    def watch() -> None:
+        for line in process.stderr:
+            if '"progress"' in line and '"chunks_written": 0' not in line:
+                seen_progress.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    assert seen_progress.wait(timeout=300), "no progress line from the running job"
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+    index = VersionedIndex(index_dir)
+    assert index.current_version() == "v000001"
+    partial = [v for v in index._all_version_dirs() if v not in index.committed_versions()]
+    assert partial, "the killed run should have been mid-build"
+    top = search(index_dir, model, "How many paid vacation days does an employee get per year?")[0]
+    assert top.file == "vacation-policy.md"
+    assert len(all_documents(index_dir)) == first.summary["chunks_total"]
+
+    rerun = run_ingest(index_dir, ray_cluster, "--source", str(source), timeout=900, **settings)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    s = rerun.summary
+    failed = {f["file"]: f["reason"] for f in s["files_failed"]}
+    manifest = VersionedIndex(index_dir).manifest(s["index_version"])
+    pdfs_indexed = {p for p in manifest.files if p in all_pdfs}
+    assert s["files_seen"] == len(all_pdfs) + 4
+    assert pdfs_indexed | set(failed) == all_pdfs and not pdfs_indexed & set(failed)
+    assert set(failed) == no_text  # every file with text is indexed, encrypted ones included
+    assert all(reason for reason in failed.values())
+    assert s["files_unchanged"] == 4 and s["files_indexed"] == len(pdfs_indexed)
+    assert s["chunks_total"] == len(all_documents(index_dir)) == manifest.chunk_count
+    assert not [v for v in index._all_version_dirs() if not (index.versions_root / v / VERSION_INFO_FILE).exists()]
+    hits = search(index_dir, model, "Dense Passage Retrieval for open-domain question answering", top_k=5)
+    assert any(h.file.startswith("unstructured__multi-column") for h in hits)
+
+
+def test_a_different_model_builds_a_full_new_version(tmp_path, ray_cluster):
+    index_dir = tmp_path / "index"
+    assert run_ingest(index_dir, ray_cluster, "--source", str(SAMPLES_DIR)).returncode == 0
+    model_folder = packaged_minilm_path()  # same weights, named by folder: a different model id
+    result = run_ingest(index_dir, ray_cluster, "--source", str(SAMPLES_DIR), RAG_EMBEDDING_MODEL=model_folder)
+    s = result.summary
+    assert result.returncode == 0 and s["index_version"] == "v000002"
+    assert "embedding model changed" in s["full_rebuild_reason"]
+    assert s["files_indexed"] == 4 and s["files_unchanged"] == 0
+    assert s["chunks_deleted"] == s["chunks_added"] == s["chunks_total"]
+    info = VersionedIndex(index_dir).current_info()
+    assert info.model_spec.name == model_folder and info.model_spec.source == "path"
+    assert {m["index_version"] for _, m in all_documents(index_dir)} == {"v000002"}
+
+    unloadable = run_ingest(index_dir, ray_cluster, "--source", str(SAMPLES_DIR), RAG_EMBEDDING_MODEL="BAAI/bge-base-en-v1.5")
+    assert unloadable.returncode == EXIT_USAGE and "local" in unloadable.summary["error"]
+    assert VersionedIndex(index_dir).current_version() == "v000002"
+
+
+def test_ray_job_submit_runs_the_job_on_the_cluster(tmp_path, ray_cluster):
+    index_dir = tmp_path / "index"
+    runtime_env = {"env_vars": {"RAG_INDEX_DIR": str(index_dir), "RAG_TRIGGERED_BY": "job-submit-test"}}
+    process = subprocess.run(
+        ["ray", "job", "submit", "--address", ray_cluster.dashboard_url, "--working-dir", ".",
+         "--runtime-env-json", json.dumps(runtime_env), "--", "python", "-m", "ingest_jobs.index", "--source", "samples"],
+        cwd=REPO_ROOT, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+        capture_output=True, text=True, timeout=600,
+    )
+    assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
+    summaries = [json.loads(l) for l in process.stdout.splitlines() if l.startswith('{"index_version"')]
+    assert summaries and summaries[-1]["files_indexed"] == 4 and summaries[-1]["files_failed"] == []
+    assert VersionedIndex(index_dir).current_version() == summaries[-1]["index_version"]
+    record = json.loads((index_dir / "audit.jsonl").read_text().splitlines()[-1])
+    assert record["triggered_by"] == "job-submit-test"
+
+
+@pytest.fixture()
+def chroma_server(tmp_path):
+    port = free_port()
+    chroma = shutil.which("chroma", path=str(Path(sys.executable).parent))
+    process = subprocess.Popen([chroma, "run", "--path", str(tmp_path / "chroma-server"), "--host", "127.0.0.1", "--port", str(port)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    import chromadb
+
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            chromadb.HttpClient(host="127.0.0.1", port=port).heartbeat()
+            break
+        except Exception:
+            if time.monotonic() > deadline or process.poll() is not None:
+                process.kill()
+                pytest.fail("chroma server did not start")
+            time.sleep(0.3)
+    yield f"http://127.0.0.1:{port}"
+    process.terminate()
+    process.wait(timeout=30)
+
+
+def test_chroma_server_store_and_rebuild_from_parquet(tmp_path, ray_cluster, chroma_server, model):
+    embedded_index, server_index = tmp_path / "embedded", tmp_path / "server"
+    source = copy_samples(tmp_path / "docs")
+    built = run_ingest(embedded_index, ray_cluster, "--source", str(source))
+    assert built.returncode == 0
+
+    # Move the index to the server without re-embedding.
+    version_dir = embedded_index / "versions" / built.summary["index_version"]
+    moved = run_ingest(server_index, None, "--rebuild-from-parquet", str(version_dir), RAG_CHROMA_URL=chroma_server, RAG_INGEST__KEEP_VERSIONS="1")
+    assert moved.returncode == 0, moved.stderr[-3000:]
+    assert moved.summary["chunks_total"] == built.summary["chunks_total"]
+    assert "duration_s" in moved.summary
+    query = "How often are production passwords rotated?"
+    embedded_hits = search(embedded_index, model, query)
+    server_hits = search(server_index, model, query, chroma_url=chroma_server)
+    assert [h.chunk_id for h in server_hits] == [h.chunk_id for h in embedded_hits]
+    assert server_hits[0].file == "security-faq.txt"
+
+    # Incremental ingest against the server; old versions' collections are dropped beyond keep_versions.
+    (source / "security-faq.txt").unlink()
+    incremental = run_ingest(server_index, ray_cluster, "--source", str(source), RAG_CHROMA_URL=chroma_server, RAG_INGEST__KEEP_VERSIONS="1")
+    assert incremental.returncode == 0 and incremental.summary["files_deleted"] == 1
+    assert all(h.file != "security-faq.txt" for h in search(server_index, model, query, top_k=10, chroma_url=chroma_server))
+    import chromadb
+
+    port = int(chroma_server.rsplit(":", 1)[1])
+    names = {c.name for c in chromadb.HttpClient(host="127.0.0.1", port=port).list_collections()}
+    assert names == {f"rag-{incremental.summary['index_version']}"}
+    assert not (tmp_path / "server" / "versions" / "v000001" / "chroma").exists()
+
+
+def test_an_open_reader_keeps_serving_while_a_new_version_is_written(tmp_path, ray_cluster, model):
+    source, index_dir = copy_samples(tmp_path / "docs"), tmp_path / "index"
+    assert run_ingest(index_dir, ray_cluster, "--source", str(source)).returncode == 0
+    reader = IndexReader(VersionedIndex(index_dir))
+    reader.refresh()
+    old_query, new_query = model.embed_queries(["How fast must the on-call engineer acknowledge a page?", "kestrel bird survey team"])
+    (source / "kestrel.txt").write_text("The kestrel bird survey team counts nests every Monday at 06:00.\n")
+
+    writer = subprocess.Popen([sys.executable, "-m", "ingest_jobs.index", "--source", str(source)], cwd=REPO_ROOT,
+                              env=ingest_env(index_dir, ray_cluster), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    answered = 0
+    while writer.poll() is None:  # queries during the other process's write: never an error
+        assert reader.search(old_query, 3)[0].file == "oncall-runbook.md"
+        assert reader.search(new_query, 1)[0].file != "kestrel.txt"  # still the version it opened
+        answered += 1
+        time.sleep(0.05)
+    assert writer.returncode == 0 and answered > 0
+    assert reader.info.version == "v000001"
+    assert reader.refresh() is True and reader.info.version == "v000002"
+    assert reader.search(new_query, 1)[0].file == "kestrel.txt"
+    assert reader.search(old_query, 1)[0].file == "oncall-runbook.md"
+    reader.close()
