@@ -127,6 +127,9 @@ class SourceScanner:
         sidecar = path.with_name(path.name + SIDECAR_SUFFIX)
         metadata: dict[str, Any] = {}
         sidecar_sha = ""
+        if sidecar.is_symlink() and not sidecar.resolve().is_relative_to(root):
+            result.failed.append(SkippedFile(relative, f"sidecar {sidecar.name} is a symlink that leaves the source folder"))
+            return
         if sidecar.is_file():
             try:
                 raw = sidecar.read_bytes()

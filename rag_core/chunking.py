@@ -38,7 +38,9 @@ class RecursiveChunker:
                 start += 1
             while end > start and text[end - 1].isspace():
                 end -= 1
-            if start < end:
+            # A whitespace-only piece after the overlap can strip down to the previous chunk's
+            # tail; such a chunk adds no text and is dropped.
+            if start < end and (not spans or end > spans[-1][1]):
                 spans.append((start, end))
         return spans
 

@@ -362,7 +362,9 @@ class VersionedIndex:
             lock.release()
 
     def next_version(self) -> str:
-        existing = self._all_version_dirs()  # includes aborted builds, so a number is never reused
+        # Includes builds left by killed runs; an aborted build's number may be reused since it was
+        # never visible (a leftover server collection of that name is dropped before reuse).
+        existing = self._all_version_dirs()
         number = int(existing[-1][1:]) + 1 if existing else 1
         return f"v{number:06d}"
 
@@ -385,7 +387,7 @@ class VersionedIndex:
         """Drop unfinished builds and committed versions beyond the newest `keep` (never the current one)."""
         current = self.current_version()
         committed = self.committed_versions()
-        keep_set = set(committed[-keep:]) | ({current} if current else set())
+        keep_set = set(committed[-keep:] if keep > 0 else []) | ({current} if current else set())
         removed = [v for v in self._all_version_dirs() if v not in keep_set]
         for version in removed:
             self.discard(version)

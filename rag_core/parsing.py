@@ -44,7 +44,7 @@ class DocumentParser:
             pages = self._parse_pdf(data)
         else:
             # Non-UTF-8 bytes are replaced rather than refused: one odd byte must not lose a file.
-            pages = [ParsedPage(1, _clean(data.decode("utf-8", errors="replace")))]
+            pages = [ParsedPage(1, _clean(data.decode("utf-8-sig", errors="replace")))]
         if not any(page.text.strip() for page in pages):
             raise DocumentParseError(NO_TEXT_REASON)
         return pages

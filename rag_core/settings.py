@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -45,6 +45,8 @@ class ChunkingSettings(BaseModel):
 
 
 class IngestSettings(BaseModel):
+    model_config = ConfigDict(validate_default=True)
+
     extensions: list[str] = Field(default_factory=lambda: [".pdf", ".txt", ".md"])
     max_file_mb: float = Field(50.0, gt=0, description="Larger files are listed as failed.")
     pdf_passwords: list[SecretStr] = Field(

@@ -15,13 +15,9 @@ from typing import Callable
 
 import pytest
 
-# Never copied into the repo: the data is read in place, beside the checkout.
-SHARED_PDF_DIR = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "pdfs"
+from tests.conftest import PDF_DIR as SHARED_PDF_DIR  # read in place beside the checkout, never copied
+
 MANIFEST_TSV = SHARED_PDF_DIR / "MANIFEST.tsv"
-
-
-def shared_pdf_path(filename: str) -> Path:
-    return SHARED_PDF_DIR / filename
 
 
 def read_pdf_manifest() -> list[dict[str, str]]:

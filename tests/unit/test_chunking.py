@@ -185,12 +185,6 @@ def test_chunk_pages_matches_split_page_by_page() -> None:
 
 
 # -- known defect -----------------------------------------------------------------------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG rag_core/chunking.py RecursiveChunker._pack/split: when the piece after a chunk is "
-    "whitespace only, the next chunk is made of the overlap pieces plus that whitespace; after "
-    "stripping it is a copy of the previous chunk's tail and adds no new text (duplicate chunk)",
-)
 def test_every_chunk_adds_text_beyond_the_previous_one() -> None:
     # Default settings; a signature line followed by a long run of spaces (fixed-width layout).
     text = "A" * 440 + " closing words.\n" + "Signed, Bob\n" + " " * 100 + "\n" + "B" * 500

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: installs everything, starts what the tests need, runs pytest.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
+bash scripts/setup.sh
+bash scripts/ensure_redis.sh
+.venv/bin/python -m pytest tests "$@"

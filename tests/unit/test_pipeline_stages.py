@@ -1,0 +1,203 @@
+"""The pipeline stages as plain callables (no Ray): ParseAndChunk and EmbedChunks."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pytest
+
+from ingest_jobs.pipeline import EmbedChunks, ParseAndChunk, ParseConfig, file_row, make_chunk_id, parsed_schema
+from rag_core.embedding import PACKAGED_MINILM, SOURCE_PACKAGE, EmbeddingModelSpec
+from rag_core.index_reader import IndexReader
+from rag_core.index_store import VersionedIndex, chunk_schema, manifest_from_rows
+
+PACKAGED_SPEC = EmbeddingModelSpec(PACKAGED_MINILM, SOURCE_PACKAGE, 384, "")
+CONFIG = ParseConfig(
+    pdf_passwords=(),
+    chunk_size=200,
+    chunk_overlap=20,
+    separators=("\n\n", "\n", ". ", " ", ""),
+    ingested_at="2024-06-01T12:00:00+00:00",
+    index_version="v000007",
+)
+GOOD_TEXT = "\n\n".join(
+    f"Paragraph {i} talks about topic number {i}. " + "It has a few sentences of filler text. " * 4 for i in range(6)
+)
+MALFORMED_PDF = "pdfminer__simple1.pdf"
+TEXT_PDF = "pypdf-samples__pdflatex-4-pages.pdf"
+ENCRYPTED_PDF, ENCRYPTED_PASSWORD = "pdfplumber__password-example.pdf", "test"
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def files_table(*rows: dict) -> pa.Table:
+    return pa.Table.from_pylist(list(rows))
+
+
+def rows_for(table: pa.Table, path: str) -> list[dict]:
+    return [row for row in table.to_pylist() if row["file"] == path]
+
+
+@pytest.fixture(scope="module")
+def embedder() -> EmbedChunks:
+    return EmbedChunks(PACKAGED_SPEC.to_dict(), device="cpu", batch_size=16)
+
+
+@pytest.fixture
+def mixed_files(shared_pdf_dir: Path) -> pa.Table:
+    return files_table(
+        file_row("docs/good.txt", GOOD_TEXT.encode(), "sidecar-hash", {"team": "search", "year": 2024}),
+        file_row("docs/empty.txt", b"", "", {}),
+        file_row("pdfs/bad.pdf", (shared_pdf_dir / MALFORMED_PDF).read_bytes(), "", {"kind": "broken"}),
+    )
+
+
+# -- ParseAndChunk ----------------------------------------------------------------------------
+def test_good_file_becomes_chunk_rows_and_each_bad_file_one_failure_row(mixed_files: pa.Table, shared_pdf_dir: Path) -> None:
+    out = ParseAndChunk(CONFIG)(mixed_files)
+
+    assert out.schema == parsed_schema()
+    good = rows_for(out, "docs/good.txt")
+    assert len(good) > 3 and all(row["error"] == "" for row in good)
+
+    (empty,) = rows_for(out, "docs/empty.txt")
+    assert empty["error"] == "empty file (0 bytes)"
+    (bad,) = rows_for(out, "pdfs/bad.pdf")
+    assert bad["error"].startswith("malformed PDF")
+    for failure in (empty, bad):
+        assert (failure["chunk_id"], failure["chunk_index"], failure["text"]) == ("", -1, "")
+    assert json.loads(bad["metadata"]) == {"kind": "broken"}
+    assert bad["file_sha256"] == sha256((shared_pdf_dir / MALFORMED_PDF).read_bytes())
+    assert empty["file_sha256"] == sha256(b"") and empty["file_size"] == 0
+
+
+def test_chunk_rows_carry_offsets_hashes_and_run_metadata(mixed_files: pa.Table) -> None:
+    good = rows_for(ParseAndChunk(CONFIG)(mixed_files), "docs/good.txt")
+    data = GOOD_TEXT.encode()
+
+    assert [row["chunk_index"] for row in good] == list(range(len(good)))
+    for row in good:
+        assert GOOD_TEXT[row["char_start"] : row["char_end"]] == row["text"]
+        assert 0 < len(row["text"]) <= CONFIG.chunk_size
+        assert row["page"] == 1
+        assert row["file_sha256"] == sha256(data)
+        assert row["file_size"] == len(data)
+        assert row["sidecar_sha256"] == "sidecar-hash"
+        assert (row["ingested_at"], row["index_version"]) == (CONFIG.ingested_at, CONFIG.index_version)
+        assert json.loads(row["metadata"]) == {"team": "search", "year": 2024}
+
+
+def test_chunk_ids_are_deterministic_content_path_and_position(mixed_files: pa.Table) -> None:
+    first = ParseAndChunk(CONFIG)(mixed_files)
+    second = ParseAndChunk(CONFIG)(mixed_files)
+    assert first.equals(second)
+
+    good = rows_for(first, "docs/good.txt")
+    expected = [make_chunk_id(sha256(GOOD_TEXT.encode()), "docs/good.txt", row["chunk_index"]) for row in good]
+    assert [row["chunk_id"] for row in good] == expected
+    assert len(set(expected)) == len(expected)
+
+
+def test_make_chunk_id_format() -> None:
+    file_sha = "ab" * 32
+    chunk_id = make_chunk_id(file_sha, "a/b.txt", 7)
+    assert chunk_id == f"{file_sha[:32]}-{hashlib.sha1(b'a/b.txt').hexdigest()[:8]}-00007"
+    assert make_chunk_id(file_sha, "a/b.txt", 7) == chunk_id
+    assert make_chunk_id(file_sha, "a/c.txt", 7) != chunk_id
+    assert make_chunk_id("cd" * 32, "a/b.txt", 7) != chunk_id
+
+
+def test_identical_files_at_two_paths_get_different_chunk_ids() -> None:
+    data = GOOD_TEXT.encode()
+    out = ParseAndChunk(CONFIG)(files_table(file_row("a/copy.txt", data, "", {}), file_row("b/copy.txt", data, "", {})))
+
+    a, b = rows_for(out, "a/copy.txt"), rows_for(out, "b/copy.txt")
+    assert [r["text"] for r in a] == [r["text"] for r in b]
+    assert {r["file_sha256"] for r in a + b} == {sha256(data)}
+    assert not {r["chunk_id"] for r in a} & {r["chunk_id"] for r in b}
+
+
+def test_pdf_pages_are_kept_in_chunk_rows(shared_pdf_dir: Path) -> None:
+    out = ParseAndChunk(CONFIG)(files_table(file_row("paper.pdf", (shared_pdf_dir / TEXT_PDF).read_bytes(), "", {})))
+    pages = out.column("page").to_pylist()
+    assert set(pages) == {1, 2, 3, 4}
+    assert pages == sorted(pages)
+    assert out.column("chunk_index").to_pylist() == list(range(out.num_rows))
+
+
+def test_configured_pdf_password_is_used(shared_pdf_dir: Path) -> None:
+    data = (shared_pdf_dir / ENCRYPTED_PDF).read_bytes()
+    files = files_table(file_row("locked.pdf", data, "", {}))
+
+    (locked,) = ParseAndChunk(CONFIG)(files).to_pylist()
+    assert "encrypted" in locked["error"]
+
+    with_password = ParseConfig(**{**CONFIG.__dict__, "pdf_passwords": ("nope", ENCRYPTED_PASSWORD)})
+    opened = ParseAndChunk(with_password)(files)
+    assert opened.num_rows > 1
+    assert set(opened.column("error").to_pylist()) == {""}
+
+
+def test_empty_batch_gives_an_empty_table() -> None:
+    out = ParseAndChunk(CONFIG)(pa.Table.from_pylist([], schema=pa.schema([("file", pa.string()), ("data", pa.binary()), ("sidecar_sha256", pa.string()), ("metadata", pa.string())])))
+    assert out.num_rows == 0 and out.schema == parsed_schema()
+
+
+def test_file_row_serialises_metadata_as_sorted_json() -> None:
+    row = file_row("x.txt", b"data", "s", {"b": 1, "a": [True]})
+    assert row == {"file": "x.txt", "data": b"data", "sidecar_sha256": "s", "metadata": '{"a": [true], "b": 1}'}
+
+
+# -- EmbedChunks ------------------------------------------------------------------------------
+def test_embed_adds_a_384_wide_column_with_zeros_on_failure_rows(mixed_files: pa.Table, embedder: EmbedChunks) -> None:
+    parsed = ParseAndChunk(CONFIG)(mixed_files)
+    out = embedder(parsed)
+
+    assert out.schema.field("embedding").type == pa.list_(pa.float32(), 384)
+    assert out.drop_columns(["embedding"]).equals(parsed)  # nothing else changes
+    vectors = np.array(out.column("embedding").to_pylist(), dtype=np.float32)
+    failed = np.array([e != "" for e in out.column("error").to_pylist()])
+    assert failed.sum() == 2
+    assert not vectors[failed].any()
+    np.testing.assert_allclose(np.linalg.norm(vectors[~failed], axis=1), 1.0, atol=1e-5)
+    texts = [t for t, f in zip(out.column("text").to_pylist(), failed) if not f]
+    np.testing.assert_allclose(vectors[~failed], embedder.model.embed_documents(texts), atol=1e-5)
+
+
+def test_embed_of_only_failures_and_of_nothing(embedder: EmbedChunks) -> None:
+    only_failures = ParseAndChunk(CONFIG)(files_table(file_row("e.txt", b"", "", {})))
+    out = embedder(only_failures)
+    assert out.num_rows == 1 and out.column("embedding").to_pylist() == [[0.0] * 384]
+
+    nothing = embedder(only_failures.slice(0, 0))
+    assert nothing.num_rows == 0 and nothing.schema.field("embedding").type == pa.list_(pa.float32(), 384)
+
+
+def test_stage_output_is_written_and_found_in_the_index(tmp_path: Path, mixed_files: pa.Table, embedder: EmbedChunks) -> None:
+    """What the driver does with a batch: drop failures and the error column, add, commit, search."""
+    out = embedder(ParseAndChunk(CONFIG)(mixed_files))
+    good = out.filter(pc.equal(out.column("error"), "")).drop_columns(["error"])
+    assert good.schema.field("embedding").type == chunk_schema(384).field("embedding").type
+
+    index = VersionedIndex(tmp_path / "index")
+    builder = index.begin(PACKAGED_SPEC, {"chunk_size": CONFIG.chunk_size}, parent=None)
+    builder.add(good)
+    builder.commit(manifest_from_rows(good))
+    index.set_current(builder.version)
+
+    reader = IndexReader(index)
+    try:
+        target = good.slice(3, 1).to_pylist()[0]
+        (hit,) = reader.search(embedder.model.embed_queries([target["text"]])[0], top_k=1)
+        assert hit.chunk_id == target["chunk_id"]
+        assert hit.metadata["team"] == "search"
+        assert reader.count() == good.num_rows
+    finally:
+        reader.close()
