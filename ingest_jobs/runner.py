@@ -16,7 +16,7 @@ import pyarrow.compute as pc
 from ingest_jobs.discovery import ScanResult, SkippedFile, SourceScanner
 from ingest_jobs.pipeline import ParseConfig, PipelineResources, build_dataset, file_row
 from rag_core.audit import default_actor, utc_now
-from rag_core.embedding import EmbeddingModel, EmbeddingModelSpec
+from rag_core.embedding import EmbeddingModel, EmbeddingModelSpec, same_vector_space
 from rag_core.index_store import MANIFEST_COLUMNS, VersionBuilder, VersionedIndex, VersionInfo, manifest_from_rows, read_parquet_version
 from rag_core.manifest import Manifest, ManifestDiff, ManifestEntry, diff_manifest
 from rag_core.settings import RAGSettings
@@ -44,11 +44,6 @@ class IngestSummary:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def same_vector_space(a: EmbeddingModelSpec, b: EmbeddingModelSpec) -> bool:
-    """Vectors are comparable when the model and query policy match, wherever the weights came from."""
-    return (a.name, a.dimension, a.query_prefix, a.normalize) == (b.name, b.dimension, b.query_prefix, b.normalize)
 
 
 def chunking_record(settings: RAGSettings) -> dict[str, Any]:

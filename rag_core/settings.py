@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
@@ -78,6 +78,48 @@ class IngestSettings(BaseModel):
         return self
 
 
+class RetrievalSettings(BaseModel):
+    mode: Literal["dense", "lexical", "hybrid"] = Field("hybrid", description="Default retrieval mode.")
+    fetch_k: int = Field(50, ge=1, le=500, description="Candidates per retriever before fusion.")
+    rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant.")
+    dense_weight: float = Field(1.0, ge=0)
+    lexical_weight: float = Field(1.0, ge=0)
+    bm25_k1: float = Field(1.2, gt=0)
+    bm25_b: float = Field(0.75, ge=0, le=1)
+    bm25_stemmer: str | None = Field("english", description="PyStemmer language; null disables stemming.")
+    mmr: bool = Field(False, description="Diversify results with maximal marginal relevance.")
+    mmr_lambda: float = Field(0.5, ge=0, le=1)
+    mmr_fetch_k: int = Field(20, ge=1, le=500)
+    reload_check_interval_s: float = Field(2.0, gt=0, description="How often replicas look for a new index version.")
+
+
+class RerankSettings(BaseModel):
+    model: str = Field("cross-encoder/ms-marco-MiniLM-L-6-v2", description="sentence-transformers CrossEncoder id or folder.")
+    enabled: bool = Field(False, description="Rerank by default (measured effect: see README).")
+    candidates: int = Field(20, ge=1, le=200, description="Top fused candidates passed to the reranker.")
+
+
+class GeneratorSettings(BaseModel):
+    timeout_s: float = Field(30.0, gt=0, description="Budget for the whole LLM call, retries included.")
+    max_retries: int = Field(1, ge=0, le=5)
+    max_tokens: int = Field(384, ge=1)
+    temperature: float = Field(0.1, ge=0, le=2)
+    context_passages: int = Field(5, ge=1, le=20)
+    extractive_sentences: int = Field(3, ge=1, le=10)
+
+
+class APISettings(BaseModel):
+    host: str = "127.0.0.1"
+    port: int = 8000
+    max_body_bytes: int = Field(65_536, ge=1024)
+    default_top_k: int = Field(5, ge=1, le=20)
+    cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins; none by default.")
+    embedder_torch_threads: int | None = Field(None, ge=1, description="Default: the node's cores.")
+    embed_batch_wait_s: float = Field(0.002, ge=0, description="@serve.batch wait for more queries.")
+    embed_max_batch_size: int = Field(16, ge=1)
+    log_questions: bool = Field(False, description="Put question text in logs.")
+
+
 class RAGSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAG_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -111,6 +153,10 @@ class RAGSettings(BaseSettings):
     triggered_by: str | None = Field(None, description="Recorded in the audit trail; default user@host.")
     ingest: IngestSettings = Field(default_factory=IngestSettings)
     chunking: ChunkingSettings = Field(default_factory=ChunkingSettings)
+    retrieval: RetrievalSettings = Field(default_factory=RetrievalSettings)
+    rerank: RerankSettings = Field(default_factory=RerankSettings)
+    generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+    api: APISettings = Field(default_factory=APISettings)
 
     @field_validator("index_dir")
     @classmethod
@@ -152,7 +198,9 @@ def resolve_config_file(config_file: str | os.PathLike[str] | None = None) -> Pa
 
 
 def load_settings(config_file: str | os.PathLike[str] | None = None, **overrides: Any) -> RAGSettings:
-    """Settings from (in rising priority) defaults, the YAML file, RAG_* variables, `overrides`."""
+    """Settings from (in rising priority) defaults, the YAML file, RAG_* variables, `overrides`.
+
+    Returns a plain RAGSettings (picklable, so Serve replicas get exactly the driver's values)."""
     path = resolve_config_file(config_file)
-    bound = type("RAGSettings", (RAGSettings,), {"yaml_config_file": path})
-    return bound(**overrides)
+    bound = type("RAGSettingsFromFile", (RAGSettings,), {"yaml_config_file": path})
+    return RAGSettings.model_validate(bound(**overrides).model_dump())

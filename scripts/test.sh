@@ -5,4 +5,6 @@ cd "$(dirname "$0")/.."
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
 bash scripts/setup.sh
 bash scripts/ensure_redis.sh
-.venv/bin/python -m pytest tests "$@"
+# Activated so that `python`, `ray` and `chroma` (also inside Ray jobs) are the venv's.
+. .venv/bin/activate
+python -m pytest tests "$@"

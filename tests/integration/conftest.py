@@ -32,6 +32,8 @@ class RayCluster:
 def ray_cluster() -> RayCluster:
     import ray
 
+    # Jobs submitted to this cluster run `python ...` from the cluster's PATH: make it this venv's.
+    os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
     dashboard_port = free_port()
     # address="local": a private cluster, never Ray's default GCS port 6379 where Redis listens.
     context = ray.init(

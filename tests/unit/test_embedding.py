@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ingest_jobs.runner import same_vector_space
+from rag_core.embedding import same_vector_space
 from rag_core.embedding import (
     BGE_QUERY_INSTRUCTION,
     BGE_SMALL,

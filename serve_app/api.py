@@ -1,0 +1,157 @@
+"""HTTP routes (thin), request ids, body limits and error mapping. The logic is in QueryService,
+reached through `app.state.service`; the Serve ingress and the single-process app both use this."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.responses import JSONResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from serve_app.schemas import ErrorResponse, HealthResponse, QueryRequest, QueryResponse, RetrieveRequest, RetrieveResponse
+from serve_app.service import ServiceUnavailable
+
+log = logging.getLogger("serve_app.api")
+
+REQUEST_ID_HEADER = "X-Request-ID"
+_SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    413: {"model": ErrorResponse, "description": "Body over the size limit"},
+    422: {"model": ErrorResponse, "description": "Invalid request"},
+    503: {"model": ErrorResponse, "description": "No index yet, or overloaded (see Retry-After)"},
+}
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class BodySizeLimit:
+    """Answers 413 for bodies over the limit, by Content-Length or by counting a streamed body."""
+
+    def __init__(self, app: Any, max_bytes: int):
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = dict(scope.get("headers") or []).get(b"content-length")
+        if length is not None and length.isdigit() and int(length) > self.max_bytes:
+            await self._reject(scope, send)
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> dict:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def tracking_send(message: dict) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except _BodyTooLarge:
+            if not started:
+                await self._reject(scope, send)
+
+    async def _reject(self, scope: dict, send: Any) -> None:
+        response = JSONResponse({"error": f"request body over {self.max_bytes} bytes"}, status_code=413)
+        await response(scope, None, send)
+
+
+def _request_id(request: Request) -> str:
+    return getattr(request.state, "request_id", None) or uuid.uuid4().hex
+
+
+def _error(request: Request, status: int, message: str, detail: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    request_id = _request_id(request)
+    body = ErrorResponse(error=message, detail=detail, request_id=request_id).model_dump()
+    return JSONResponse(jsonable_encoder(body), status_code=status, headers={REQUEST_ID_HEADER: request_id, **(headers or {})})
+
+
+def install_limits(app: FastAPI, api_settings: Any) -> None:
+    """Body size limit and CORS from the settings; call before the app serves its first request."""
+    if api_settings.cors_origins:
+        app.add_middleware(CORSMiddleware, allow_origins=api_settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"])
+    app.add_middleware(BodySizeLimit, max_bytes=api_settings.max_body_bytes)
+
+
+def create_app() -> FastAPI:
+    """Routes, request ids and error mapping; the service is attached later as app.state.service."""
+    app = FastAPI(
+        title="RAG service",
+        version="0.1.0",
+        description="Answers questions from the current document index with cited sources.",
+    )
+
+    @app.middleware("http")
+    async def request_id(request: Request, call_next: Any) -> Any:
+        incoming = request.headers.get(REQUEST_ID_HEADER, "")
+        request.state.request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        response = await call_next(request)
+        response.headers[REQUEST_ID_HEADER] = request.state.request_id
+        return response
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
+        # Only location, message and type: never echo internals (or the whole input) back.
+        detail = [{"loc": list(e.get("loc", ())), "msg": e.get("msg", ""), "type": e.get("type", "")} for e in exc.errors()]
+        return _error(request, 422, "invalid request", detail)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(request, exc.status_code, str(exc.detail))
+
+    @app.exception_handler(ServiceUnavailable)
+    async def unavailable(request: Request, exc: ServiceUnavailable) -> JSONResponse:
+        return _error(request, 503, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error", extra={"fields": {"request_id": _request_id(request)}})
+        return _error(request, 500, "internal error")
+
+    @app.post("/v1/query", response_model=QueryResponse, responses={**_ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}}}})
+    async def query(body: QueryRequest, request: Request) -> Any:
+        """Answer a question from the index, citing sources. `stream: true` returns server-sent events."""
+        service = request.app.state.service
+        if body.stream:
+            events = service.query_events(body, request.state.request_id)
+            first = await anext(events)  # retrieval errors become proper HTTP errors, not a broken stream
+
+            async def relay() -> Any:
+                yield first
+                async for event in events:
+                    yield event
+
+            return StreamingResponse(relay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+        return await service.query(body, request.state.request_id)
+
+    @app.post("/v1/retrieve", response_model=RetrieveResponse, responses=_ERROR_RESPONSES)
+    async def retrieve(body: RetrieveRequest, request: Request) -> RetrieveResponse:
+        """Search without generation, best first."""
+        return await request.app.state.service.retrieve(body)
+
+    @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
+    async def health(request: Request) -> Any:
+        report = await request.app.state.service.health()
+        return JSONResponse(report.model_dump(), status_code=503 if report.status == "unhealthy" else 200)
+
+    return app

@@ -1,0 +1,48 @@
+"""Builds the Serve application graph.
+
+    serve run configs/serve.yaml                                    # the config names build_app
+    serve run serve_app.app:build_app config=configs/rag.yaml retrieval.mode=dense
+
+Arguments: `config` (settings YAML) and any settings key, dotted for nested ones; values are
+parsed as YAML scalars. Settings are resolved once here, on the driver, and handed to every
+replica, so all replicas (on any node) use exactly the same values.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from ray.serve import Application
+
+from rag_core.settings import RAGSettings, load_settings
+from serve_app.deployments import EmbedderDeployment, GeneratorDeployment, Ingress, RerankerDeployment, RetrieverDeployment
+
+
+def settings_from_args(args: dict[str, Any] | None) -> RAGSettings:
+    args = dict(args or {})
+    config = args.pop("config", None)
+    overrides: dict[str, Any] = {}
+    for key, value in args.items():
+        if isinstance(value, str):
+            value = yaml.safe_load(value) if value.strip() else None
+        target = overrides
+        *parents, leaf = key.split(".")
+        for parent in parents:
+            target = target.setdefault(parent, {})
+        target[leaf] = value
+    return load_settings(config, **overrides)
+
+
+def build_graph(settings: RAGSettings) -> Application:
+    return Ingress.bind(
+        EmbedderDeployment.bind(settings),
+        RetrieverDeployment.bind(settings),
+        RerankerDeployment.bind(settings),
+        GeneratorDeployment.bind(settings),
+        settings,
+    )
+
+
+def build_app(args: dict[str, Any] | None = None) -> Application:
+    return build_graph(settings_from_args(args))

@@ -1,0 +1,182 @@
+"""Ray Serve deployments: thin wrappers that put the components on replicas, and the Stages
+implementation that calls them through DeploymentHandles. Replica options (autoscaling, queue
+limits, CPUs) come from configs/serve.yaml; the defaults here fit the graph on 2 CPUs."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import threading
+import time
+from typing import Any, AsyncIterator
+
+from ray import serve
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+
+from rag_core.index_reader import RetrievedChunk
+from rag_core.index_store import VersionedIndex
+from rag_core.logs import configure_json_logging
+from rag_core.settings import RAGSettings
+from serve_app.api import create_app, install_limits
+from serve_app.embedder import QueryEmbedder
+from serve_app.generation import Answer, AnswerGenerator
+from serve_app.reranking import Reranker
+from serve_app.retrieval import HybridRetriever, IndexUnavailable, ModelMismatch
+from serve_app.service import QueryService, ServiceUnavailable
+
+log = logging.getLogger("serve_app.deployments")
+
+SMALL = {"num_cpus": 0.25}
+AUTOSCALE = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4}
+
+
+def _torch_threads(settings: RAGSettings) -> int:
+    # A replica reserving a fraction of a CPU gets OMP_NUM_THREADS=1 from Ray; set threads explicitly.
+    return settings.api.embedder_torch_threads or len(os.sched_getaffinity(0))
+
+
+@serve.deployment(name="Embedder", ray_actor_options={"num_cpus": 0.5}, autoscaling_config=AUTOSCALE, max_ongoing_requests=32, max_queued_requests=256)
+class EmbedderDeployment:
+    def __init__(self, settings: RAGSettings):
+        started = time.monotonic()
+        configure_json_logging()
+        self.embedder = QueryEmbedder(VersionedIndex.from_settings(settings), settings.embedding_device, _torch_threads(settings), settings.retrieval.reload_check_interval_s)
+        self.embedder.ensure_model(force=True)
+        self.embed.set_max_batch_size(settings.api.embed_max_batch_size)
+        self.embed.set_batch_wait_timeout_s(settings.api.embed_batch_wait_s)
+        self.startup_s = time.monotonic() - started
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.002)
+    async def embed(self, texts: list[str]) -> list[tuple[list[float], str]]:
+        vectors, model = await asyncio.to_thread(self.embedder.embed, texts)
+        return [(vector.tolist(), model) for vector in vectors]
+
+    def status(self) -> dict[str, Any]:
+        return {**self.embedder.status(), "startup_s": self.startup_s}
+
+
+@serve.deployment(name="Retriever", ray_actor_options=SMALL, autoscaling_config=AUTOSCALE, max_ongoing_requests=32, max_queued_requests=256)
+class RetrieverDeployment:
+    def __init__(self, settings: RAGSettings):
+        started = time.monotonic()
+        configure_json_logging()
+        self.retriever = HybridRetriever(VersionedIndex.from_settings(settings), settings.retrieval)
+        if not self.retriever.maybe_reload():
+            log.error("no index to serve yet", extra={"fields": {"error": self.retriever.last_error}})
+        self.startup_s = time.monotonic() - started
+        self._interval = settings.retrieval.reload_check_interval_s
+        threading.Thread(target=self._follow_pointer, name="index-reload", daemon=True).start()
+
+    def _follow_pointer(self) -> None:
+        while True:  # a new version is loaded beside the old one and swapped in atomically
+            time.sleep(self._interval)
+            self.retriever.maybe_reload()
+
+    async def retrieve(self, query: str, vector: list[float] | None, model: str | None, top_k: int, where: dict | None, mode: str, mmr: bool | None) -> tuple[list[RetrievedChunk], str]:
+        chunks, info = await asyncio.to_thread(self.retriever.retrieve, query, vector, top_k, where, mode, mmr, model)
+        return chunks, info.version
+
+    def status(self) -> dict[str, Any]:
+        return {**self.retriever.status(), "startup_s": self.startup_s}
+
+
+@serve.deployment(name="Reranker", ray_actor_options=SMALL, autoscaling_config=AUTOSCALE, max_ongoing_requests=16, max_queued_requests=128)
+class RerankerDeployment:
+    def __init__(self, settings: RAGSettings):
+        started = time.monotonic()
+        configure_json_logging()
+        self.reranker = Reranker(settings.rerank.model, "cuda" if settings.embedding_device.startswith("cuda") else "cpu")
+        self.startup_s = time.monotonic() - started
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)
+    async def rerank(self, requests: list[tuple[str, list[RetrievedChunk], int]]) -> list[tuple[list[RetrievedChunk], str]]:
+        ranked = await asyncio.to_thread(self.reranker.rerank_many, requests)
+        return [(chunks, self.reranker.name) for chunks in ranked]
+
+    def status(self) -> dict[str, Any]:
+        return {"name": self.reranker.name, "fallback": self.reranker.is_fallback, "reason": self.reranker.fallback_reason, "startup_s": self.startup_s}
+
+
+@serve.deployment(name="Generator", ray_actor_options=SMALL, autoscaling_config=AUTOSCALE, max_ongoing_requests=16, max_queued_requests=128)
+class GeneratorDeployment:
+    def __init__(self, settings: RAGSettings):
+        started = time.monotonic()
+        configure_json_logging()
+        self.generator = AnswerGenerator.from_settings(settings)
+        self.startup_s = time.monotonic() - started
+
+    async def answer(self, question: str, chunks: list[RetrievedChunk]) -> Answer:
+        return await asyncio.to_thread(self.generator.answer, question, chunks)
+
+    def answer_stream(self, question: str, chunks: list[RetrievedChunk]) -> Any:
+        yield from self.generator.stream(question, chunks)
+
+    def status(self) -> dict[str, Any]:
+        return {"name": self.generator.name, "last_error": self.generator.last_llm_error, "startup_s": self.startup_s}
+
+
+class ServeStages:
+    """Stages reached through DeploymentHandles; replica errors become 503s, never 5xx traces."""
+
+    def __init__(self, embedder: Any, retriever: Any, reranker: Any, generator: Any):
+        self.embedder, self.retriever, self.reranker, self.generator = embedder, retriever, reranker, generator
+
+    async def _call(self, response: Any) -> Any:
+        try:
+            return await response
+        except (BackPressureError, DeploymentUnavailableError) as exc:
+            raise ServiceUnavailable(f"overloaded, retry shortly ({type(exc).__name__})", retry_after_s=1) from None
+        except IndexUnavailable as exc:
+            raise ServiceUnavailable(f"index not available: {exc}", retry_after_s=5) from None
+
+    async def embed(self, text: str) -> tuple[list[float], str]:
+        return await self._call(self.embedder.embed.remote(text))
+
+    async def retrieve(self, query: str, vector: list[float] | None, model: str | None, top_k: int, where: dict | None, mode: str, mmr: bool | None) -> tuple[list[RetrievedChunk], str]:
+        for attempt in range(2):
+            try:
+                return await self._call(self.retriever.retrieve.remote(query, vector, model, top_k, where, mode, mmr))
+            except ModelMismatch as exc:  # the index switched models between our embed and search
+                if attempt or vector is None:
+                    raise ServiceUnavailable(f"index is switching embedding models: {exc}") from None
+                await asyncio.sleep(0.5)
+                vector, model = await self.embed(query)
+        raise AssertionError("unreachable")
+
+    async def rerank(self, query: str, chunks: list[RetrievedChunk], top_k: int) -> tuple[list[RetrievedChunk], str]:
+        return await self._call(self.reranker.rerank.remote((query, chunks, top_k)))
+
+    async def answer(self, question: str, chunks: list[RetrievedChunk]) -> Answer:
+        return await self._call(self.generator.answer.remote(question, chunks))
+
+    async def answer_stream(self, question: str, chunks: list[RetrievedChunk]) -> AsyncIterator[dict[str, Any]]:
+        async for event in self.generator.options(stream=True).answer_stream.remote(question, chunks):
+            yield event
+
+    async def status(self) -> dict[str, Any]:
+        names = ("embedder", "retriever", "reranker", "generator")
+        handles = (self.embedder, self.retriever, self.reranker, self.generator)
+        results = await asyncio.gather(*(h.status.remote() for h in handles), return_exceptions=True)
+        status = {}
+        for name, result in zip(names, results):
+            if isinstance(result, BaseException):
+                status[name] = {"error": f"{type(result).__name__}", "name": "unavailable", "ready": False}
+            else:
+                status[name] = result
+        return status
+
+
+@serve.deployment(name="Ingress", ray_actor_options=SMALL, autoscaling_config=AUTOSCALE, max_ongoing_requests=64, max_queued_requests=512)
+@serve.ingress()  # the app is built in each replica, after __init__, by __serve_build_asgi_app__
+class Ingress:
+    def __init__(self, embedder: Any, retriever: Any, reranker: Any, generator: Any, settings: RAGSettings):
+        configure_json_logging()
+        self.settings = settings
+        self.service = QueryService(ServeStages(embedder, retriever, reranker, generator), settings)
+
+    def __serve_build_asgi_app__(self) -> Any:
+        app = create_app()
+        install_limits(app, self.settings.api)
+        app.state.service = self.service
+        return app

@@ -1,0 +1,98 @@
+"""The same stages in one process behind the same FastAPI app: the benchmark baseline, and a way
+to serve without a Ray cluster (`python -m serve_app.local`)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import threading
+import time
+from typing import Any, AsyncIterator
+
+from fastapi import FastAPI
+
+from rag_core.index_reader import RetrievedChunk
+from rag_core.index_store import VersionedIndex
+from rag_core.logs import configure_json_logging
+from rag_core.settings import RAGSettings, load_settings
+from serve_app.api import create_app, install_limits
+from serve_app.embedder import QueryEmbedder
+from serve_app.generation import Answer, AnswerGenerator
+from serve_app.reranking import Reranker
+from serve_app.retrieval import HybridRetriever, IndexUnavailable
+from serve_app.service import QueryService, ServiceUnavailable
+
+
+class LocalStages:
+    def __init__(self, settings: RAGSettings, torch_threads: int | None = None):
+        index = VersionedIndex.from_settings(settings)
+        self.embedder = QueryEmbedder(index, settings.embedding_device, torch_threads, settings.retrieval.reload_check_interval_s)
+        self.embedder.ensure_model(force=True)
+        self.retriever = HybridRetriever(index, settings.retrieval)
+        self.retriever.maybe_reload()
+        self.reranker = Reranker(settings.rerank.model)
+        self.generator = AnswerGenerator.from_settings(settings)
+        self._interval = settings.retrieval.reload_check_interval_s
+        threading.Thread(target=self._follow_pointer, daemon=True).start()
+
+    def _follow_pointer(self) -> None:
+        while True:
+            time.sleep(self._interval)
+            self.retriever.maybe_reload()
+
+    async def embed(self, text: str) -> tuple[list[float], str]:
+        try:
+            vectors, model = await asyncio.to_thread(self.embedder.embed, [text])
+        except IndexUnavailable as exc:
+            raise ServiceUnavailable(f"index not available: {exc}", retry_after_s=5) from None
+        return vectors[0].tolist(), model
+
+    async def retrieve(self, query: str, vector: list[float] | None, model: str | None, top_k: int, where: dict | None, mode: str, mmr: bool | None) -> tuple[list[RetrievedChunk], str]:
+        try:
+            chunks, info = await asyncio.to_thread(self.retriever.retrieve, query, vector, top_k, where, mode, mmr, model)
+        except IndexUnavailable as exc:
+            raise ServiceUnavailable(f"index not available: {exc}", retry_after_s=5) from None
+        return chunks, info.version
+
+    async def rerank(self, query: str, chunks: list[RetrievedChunk], top_k: int) -> tuple[list[RetrievedChunk], str]:
+        return await asyncio.to_thread(self.reranker.rerank, query, chunks, top_k), self.reranker.name
+
+    async def answer(self, question: str, chunks: list[RetrievedChunk]) -> Answer:
+        return await asyncio.to_thread(self.generator.answer, question, chunks)
+
+    async def answer_stream(self, question: str, chunks: list[RetrievedChunk]) -> AsyncIterator[dict[str, Any]]:
+        for event in await asyncio.to_thread(lambda: list(self.generator.stream(question, chunks))):
+            yield event
+
+    async def status(self) -> dict[str, Any]:
+        return {
+            "embedder": self.embedder.status(),
+            "retriever": self.retriever.status(),
+            "reranker": {"name": self.reranker.name, "fallback": self.reranker.is_fallback, "reason": self.reranker.fallback_reason},
+            "generator": {"name": self.generator.name, "last_error": self.generator.last_llm_error},
+        }
+
+
+def create_local_app(settings: RAGSettings, torch_threads: int | None = None) -> FastAPI:
+    started = time.monotonic()
+    app = create_app()
+    install_limits(app, settings.api)
+    service = QueryService(LocalStages(settings, torch_threads), settings)
+    service.startup_time_seconds = time.monotonic() - started
+    app.state.service = service
+    return app
+
+
+def main() -> None:
+    import uvicorn
+
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--config")
+    args = parser.parse_args()
+    configure_json_logging()
+    settings = load_settings(args.config)
+    uvicorn.run(create_local_app(settings), host=settings.api.host, port=settings.api.port, log_level="warning")
+
+
+if __name__ == "__main__":
+    main()

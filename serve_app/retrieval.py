@@ -1,0 +1,256 @@
+"""Hybrid retrieval over one index version: dense (ChromaDB) + lexical (BM25 via bm25s), fused
+with weighted reciprocal rank fusion, metadata filters on both, optional MMR diversification.
+
+A snapshot holds everything for one version and is immutable; a new version is loaded into a new
+snapshot beside the old one and swapped in with one assignment, so requests in flight finish on
+the version they started with and none are dropped.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from typing import Any, Literal, Sequence
+
+import bm25s
+import numpy as np
+
+from rag_core.index_reader import RetrievedChunk
+from rag_core.index_store import VersionedIndex, VersionInfo, chroma_metadata, read_parquet_version
+from serve_app.filters import matches
+
+log = logging.getLogger("serve_app.retrieval")
+
+RetrievalMode = Literal["dense", "lexical", "hybrid"]
+
+
+class IndexUnavailable(RuntimeError):
+    """There is no usable index version (none ingested yet, or it cannot be opened)."""
+
+
+class ModelMismatch(RuntimeError):
+    """The query was embedded with another model than the served version's (a swap in progress)."""
+
+
+class LexicalIndex:
+    """BM25 over chunk texts (English stopwords, optional Snowball stemming)."""
+
+    def __init__(self, texts: Sequence[str], k1: float = 1.2, b: float = 0.75, stemmer_language: str | None = "english"):
+        self._stemmer = None
+        if stemmer_language:
+            import Stemmer
+
+            self._stemmer = Stemmer.Stemmer(stemmer_language)
+        self._bm25 = bm25s.BM25(k1=k1, b=b)
+        self.size = len(texts)
+        if texts:
+            tokens = bm25s.tokenize(list(texts), stopwords="en", stemmer=self._stemmer, show_progress=False)
+            self._bm25.index(tokens, show_progress=False)
+
+    def scores(self, query: str) -> np.ndarray:
+        if not self.size:
+            return np.zeros(0, dtype=np.float32)
+        tokens = bm25s.tokenize([query], stopwords="en", stemmer=self._stemmer, return_ids=False, show_progress=False)[0]
+        if not tokens:
+            return np.zeros(self.size, dtype=np.float32)
+        return np.asarray(self._bm25.get_scores(tokens), dtype=np.float32)
+
+    def top(self, query: str, k: int, mask: np.ndarray | None = None) -> list[tuple[int, float]]:
+        scores = self.scores(query)
+        if mask is not None:
+            scores = np.where(mask, scores, 0.0)
+        k = min(k, int(np.count_nonzero(scores > 0)))
+        if k <= 0:
+            return []
+        best = np.argpartition(-scores, k - 1)[:k]
+        best = best[np.argsort(-scores[best], kind="stable")]
+        return [(int(i), float(scores[i])) for i in best]
+
+
+@dataclass
+class IndexSnapshot:
+    info: VersionInfo
+    client: Any
+    collection: Any
+    lexical: LexicalIndex
+    chunk_ids: list[str]
+    texts: list[str]
+    metadatas: list[dict[str, Any]]
+    positions: dict[str, int]  # chunk id -> row
+
+    @property
+    def chunk_count(self) -> int:
+        return len(self.chunk_ids)
+
+    def chunk(self, position: int, score: float) -> RetrievedChunk:
+        metadata = self.metadatas[position]
+        return RetrievedChunk(self.chunk_ids[position], metadata["file"], int(metadata["page"]), self.texts[position], score, metadata)
+
+
+def reciprocal_rank_fusion(rankings: Sequence[tuple[Sequence[str], float]], k: int = 60) -> list[tuple[str, float]]:
+    """Weighted RRF: each (ranked ids, weight) adds weight / (k + rank) to an id's score."""
+    fused: dict[str, float] = {}
+    for ranked, weight in rankings:
+        if weight <= 0:
+            continue
+        for rank, chunk_id in enumerate(ranked, start=1):
+            fused[chunk_id] = fused.get(chunk_id, 0.0) + weight / (k + rank)
+    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+
+
+def maximal_marginal_relevance(query: np.ndarray, candidates: np.ndarray, k: int, lambda_: float) -> list[int]:
+    """Indices of `candidates` (unit vectors) chosen by MMR: relevance minus redundancy."""
+    if len(candidates) == 0:
+        return []
+    relevance = candidates @ query
+    similarity = candidates @ candidates.T
+    chosen = [int(np.argmax(relevance))]
+    while len(chosen) < min(k, len(candidates)):
+        redundancy = similarity[:, chosen].max(axis=1)
+        score = lambda_ * relevance - (1 - lambda_) * redundancy
+        score[chosen] = -np.inf
+        chosen.append(int(np.argmax(score)))
+    return chosen
+
+
+class HybridRetriever:
+    """Serves the current index version; `maybe_reload()` swaps in a new one when the pointer moves."""
+
+    def __init__(self, index: VersionedIndex, settings: Any):
+        self.index = index
+        self.settings = settings  # RetrievalSettings
+        self._snapshot: IndexSnapshot | None = None
+        self._retired: IndexSnapshot | None = None
+        self._reload_lock = threading.Lock()
+        self._mask_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self.last_error: str | None = None
+
+    @property
+    def snapshot(self) -> IndexSnapshot | None:
+        return self._snapshot
+
+    def maybe_reload(self) -> bool:
+        """Load the current version if it differs from the served one. Safe to call often."""
+        try:
+            current = self.index.current_version()
+        except (OSError, ValueError) as exc:
+            self.last_error = f"cannot read the index pointer: {exc}"
+            return False
+        if current is None:
+            self.last_error = f"no index at {self.index.index_dir}: run the ingest job first"
+            return False
+        if self._snapshot is not None and self._snapshot.info.version == current:
+            return False
+        with self._reload_lock:
+            if self._snapshot is not None and self._snapshot.info.version == current:
+                return False
+            started = time.monotonic()
+            try:
+                snapshot = self._load(current)
+            except Exception as exc:  # keep serving the old version
+                self.last_error = f"cannot load index version {current}: {exc}"
+                log.error("index load failed", extra={"fields": {"version": current, "error": str(exc)}})
+                return False
+            # The snapshot replaced now may still serve requests in flight; it is closed at the next swap.
+            if self._retired is not None:
+                self.index.backend.release(self._retired.client)
+            self._retired, self._snapshot = self._snapshot, snapshot
+            self._mask_cache.clear()
+            self.last_error = None
+            log.info("index version loaded", extra={"fields": {"version": current, "chunks": snapshot.chunk_count, "load_s": round(time.monotonic() - started, 2)}})
+            return True
+
+    def _load(self, version: str) -> IndexSnapshot:
+        info = self.index.info(version)
+        table, _ = read_parquet_version(self.index.parquet_dir(version))
+        rows = table.drop_columns(["embedding"]).to_pylist()
+        client, collection = self.index.backend.open(version)
+        texts = [row["text"] for row in rows]
+        lexical = LexicalIndex(texts, self.settings.bm25_k1, self.settings.bm25_b, self.settings.bm25_stemmer)
+        chunk_ids = [row["chunk_id"] for row in rows]
+        positions = {chunk_id: i for i, chunk_id in enumerate(chunk_ids)}
+        return IndexSnapshot(info, client, collection, lexical, chunk_ids, texts, [chroma_metadata(row) for row in rows], positions)
+
+    def retrieve(
+        self,
+        query: str,
+        query_vector: Sequence[float] | None,
+        top_k: int,
+        where: dict[str, Any] | None = None,
+        mode: RetrievalMode | None = None,
+        mmr: bool | None = None,
+        model_name: str | None = None,
+    ) -> tuple[list[RetrievedChunk], VersionInfo]:
+        snapshot = self._snapshot
+        if snapshot is None or snapshot.chunk_count == 0:
+            raise IndexUnavailable(self.last_error or "the index is empty")
+        if model_name is not None and model_name != snapshot.info.model_spec.name:
+            raise ModelMismatch(f"query embedded with {model_name}, index {snapshot.info.version} uses {snapshot.info.model_spec.name}")
+        mode = mode or self.settings.mode
+        mmr = self.settings.mmr if mmr is None else mmr
+        fetch_k = max(self.settings.fetch_k, top_k, self.settings.mmr_fetch_k if mmr else 0)
+
+        rankings: list[tuple[list[str], float]] = []
+        dense_scores: dict[str, float] = {}
+        lexical_scores: dict[str, float] = {}
+        if mode in ("dense", "hybrid"):
+            if query_vector is None:
+                raise ValueError("dense retrieval needs a query vector")
+            result = snapshot.collection.query(
+                query_embeddings=[np.asarray(query_vector, dtype=np.float32)], n_results=min(fetch_k, snapshot.chunk_count),
+                where=where or None, include=["distances"],
+            )
+            dense_scores = {cid: 1.0 - float(d) for cid, d in zip(result["ids"][0], result["distances"][0])}
+            rankings.append((list(dense_scores), self.settings.dense_weight if mode == "hybrid" else 1.0))
+        if mode in ("lexical", "hybrid"):
+            mask = self._mask(snapshot, where)
+            hits = snapshot.lexical.top(query, fetch_k, mask)
+            lexical_scores = {snapshot.chunk_ids[pos]: score for pos, score in hits}
+            rankings.append((list(lexical_scores), self.settings.lexical_weight if mode == "hybrid" else 1.0))
+
+        if mode == "hybrid":
+            ranked = reciprocal_rank_fusion(rankings, self.settings.rrf_k)
+        elif mode == "dense":
+            ranked = list(dense_scores.items())
+        else:
+            ranked = list(lexical_scores.items())
+        ranked_ids = [cid for cid, _ in ranked]
+        scores = dict(ranked)
+        if mmr and ranked_ids and query_vector is not None:
+            candidates = ranked_ids[: self.settings.mmr_fetch_k]
+            got = snapshot.collection.get(ids=candidates, include=["embeddings"])
+            vectors = dict(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32)))
+            matrix = np.stack([vectors[c] for c in candidates])
+            order = maximal_marginal_relevance(np.asarray(query_vector, dtype=np.float32), matrix, top_k, self.settings.mmr_lambda)
+            ranked_ids = [candidates[i] for i in order]
+        return [snapshot.chunk(snapshot.positions[cid], scores[cid]) for cid in ranked_ids[:top_k]], snapshot.info
+
+    def _mask(self, snapshot: IndexSnapshot, where: dict[str, Any] | None) -> np.ndarray | None:
+        if not where:
+            return None
+        key = json.dumps(where, sort_keys=True)
+        mask = self._mask_cache.get(key)
+        if mask is None:
+            mask = np.fromiter((matches(where, m) for m in snapshot.metadatas), dtype=bool, count=snapshot.chunk_count)
+            self._mask_cache[key] = mask
+            if len(self._mask_cache) > 256:
+                self._mask_cache.popitem(last=False)
+        return mask
+
+    def status(self) -> dict[str, Any]:
+        snapshot = self._snapshot
+        if snapshot is None:
+            return {"ready": False, "error": self.last_error or "index not loaded", "index_version": None, "chunks_indexed": 0}
+        return {
+            "ready": snapshot.chunk_count > 0,
+            "error": None if snapshot.chunk_count else "the index is empty",
+            "index_version": snapshot.info.version,
+            "chunks_indexed": snapshot.chunk_count,
+            "last_indexed_at": snapshot.info.created_at,
+            "embedding_model": snapshot.info.model_spec.name,
+            "embedding_spec": snapshot.info.embedding_model,
+        }

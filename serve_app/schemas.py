@@ -1,0 +1,103 @@
+"""Request and response models of the HTTP API (the OpenAPI schema is generated from these)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from serve_app.filters import FilterError, normalize_filter
+
+MAX_QUESTION_CHARS = 4000
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    filters: dict[str, Any] | None = Field(
+        None,
+        description="Metadata filter: equality shorthand {'file': 'a.pdf'}, operators $eq $ne $in $nin, "
+        "and $and / $or lists.",
+        examples=[{"file": {"$in": ["vacation-policy.md", "security-faq.txt"]}}],
+    )
+
+    @field_validator("filters")
+    @classmethod
+    def _valid_filter(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        try:
+            return normalize_filter(value)
+        except FilterError as exc:
+            raise ValueError(str(exc)) from None
+
+
+def _not_blank(value: str) -> str:
+    if not value.strip():
+        raise ValueError("must not be blank")
+    return value
+
+
+class QueryRequest(_Request):
+    question: str = Field(..., min_length=1, max_length=MAX_QUESTION_CHARS, examples=["How many vacation days do employees get?"])
+    top_k: int = Field(5, ge=1, le=20, description="Passages retrieved and cited.")
+    use_cache: bool = Field(True, description="Answer from the cache when possible.")
+    stream: bool = Field(False, description="Server-sent events: answer tokens, then a final event with the sources.")
+
+    _question_not_blank = field_validator("question")(classmethod(lambda cls, v: _not_blank(v)))
+
+
+class RetrieveRequest(_Request):
+    query: str = Field(..., min_length=1, max_length=MAX_QUESTION_CHARS, examples=["vacation carry-over"])
+    top_k: int = Field(10, ge=1, le=100)
+    mode: Literal["dense", "lexical", "hybrid"] | None = Field(None, description="Default: retrieval.mode from the settings.")
+    rerank: bool | None = Field(None, description="Default: rerank.enabled from the settings.")
+    mmr: bool | None = Field(None, description="Diversify with maximal marginal relevance. Default: retrieval.mmr.")
+
+    _query_not_blank = field_validator("query")(classmethod(lambda cls, v: _not_blank(v)))
+
+
+class Source(BaseModel):
+    file: str = Field(..., description="Path relative to the ingested folder.")
+    page: int
+    chunk_id: str
+    score: float
+    text: str
+
+
+class QueryResponse(BaseModel):
+    answer: str
+    sources: list[Source]
+    mode: Literal["generative", "extractive", "degraded"]
+    cached: bool
+    cache: Literal["exact", "semantic"] | None = None
+    latency_ms: float
+    request_id: str
+    index_version: str
+    reranker: str | None = Field(None, description="Scorer that ordered the sources; null when not reranked.")
+    generator: str
+
+
+class RetrieveResponse(BaseModel):
+    results: list[Source]
+    index_version: str
+    latency_ms: float
+    reranker: str | None = None
+    mode: Literal["dense", "lexical", "hybrid"]
+
+
+class HealthResponse(BaseModel):
+    status: Literal["healthy", "degraded", "unhealthy"]
+    reasons: list[str] = Field(default_factory=list, description="Why the status is not healthy.")
+    chunks_indexed: int
+    index_version: str | None
+    embedding_model: str | None
+    reranker: str
+    generator: str
+    cache_connected: bool
+    last_indexed_at: str | None
+    startup_time_seconds: float
+
+
+class ErrorResponse(BaseModel):
+    error: str
+    detail: Any = None
+    request_id: str | None = None

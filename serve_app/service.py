@@ -1,0 +1,138 @@
+"""The query logic behind the HTTP routes, independent of where the stages run.
+
+`Stages` is implemented twice: by DeploymentHandles in the Serve graph (serve_app.deployments) and
+by in-process components (serve_app.local), which is also the single-process benchmark baseline.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Protocol
+
+from rag_core.index_reader import RetrievedChunk
+from serve_app.generation import Answer
+from serve_app.schemas import HealthResponse, QueryRequest, QueryResponse, RetrieveRequest, RetrieveResponse, Source
+
+log = logging.getLogger("serve_app.query")
+
+
+class ServiceUnavailable(RuntimeError):
+    """A stage cannot serve now (no index, a swap in progress, load shedding); maps to 503."""
+
+    def __init__(self, message: str, retry_after_s: int = 1):
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+
+@dataclass
+class Retrieved:
+    chunks: list[RetrievedChunk]
+    index_version: str
+    reranker: str | None
+
+
+class Stages(Protocol):
+    async def embed(self, text: str) -> tuple[list[float], str]: ...
+    async def retrieve(self, query: str, vector: list[float] | None, model: str | None, top_k: int, where: dict | None, mode: str, mmr: bool | None) -> tuple[list[RetrievedChunk], str]: ...
+    async def rerank(self, query: str, chunks: list[RetrievedChunk], top_k: int) -> tuple[list[RetrievedChunk], str]: ...
+    async def answer(self, question: str, chunks: list[RetrievedChunk]) -> Answer: ...
+    def answer_stream(self, question: str, chunks: list[RetrievedChunk]) -> AsyncIterator[dict[str, Any]]: ...
+    async def status(self) -> dict[str, Any]: ...
+
+
+def to_sources(chunks: list[RetrievedChunk]) -> list[Source]:
+    return [Source(file=c.file, page=c.page, chunk_id=c.chunk_id, score=round(c.score, 6), text=c.text) for c in chunks]
+
+
+class QueryService:
+    def __init__(self, stages: Stages, settings: Any):
+        self.stages = stages
+        self.settings = settings
+        self.started = time.monotonic()
+        self.startup_time_seconds: float | None = None
+
+    async def _retrieve(self, text: str, top_k: int, where: dict | None, mode: str | None, rerank: bool | None, mmr: bool | None) -> Retrieved:
+        mode = mode or self.settings.retrieval.mode
+        rerank = self.settings.rerank.enabled if rerank is None else rerank
+        candidates = max(top_k, self.settings.rerank.candidates) if rerank else top_k
+        vector, model = (None, None)
+        if mode != "lexical":
+            vector, model = await self.stages.embed(text)
+        chunks, version = await self.stages.retrieve(text, vector, model, candidates, where, mode, mmr)
+        reranker = None
+        if rerank and chunks:
+            chunks, reranker = await self.stages.rerank(text, chunks, top_k)
+        return Retrieved(chunks[:top_k], version, reranker)
+
+    async def retrieve(self, request: RetrieveRequest) -> RetrieveResponse:
+        started = time.perf_counter()
+        got = await self._retrieve(request.query, request.top_k, request.filters, request.mode, request.rerank, request.mmr)
+        return RetrieveResponse(
+            results=to_sources(got.chunks), index_version=got.index_version, reranker=got.reranker,
+            mode=request.mode or self.settings.retrieval.mode, latency_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    async def query(self, request: QueryRequest, request_id: str) -> QueryResponse:
+        started = time.perf_counter()
+        got = await self._retrieve(request.question, request.top_k, request.filters, None, None, None)
+        answer = await self.stages.answer(request.question, got.chunks)
+        response = self._response(request, request_id, got, answer, started)
+        self._log(request, response)
+        return response
+
+    async def query_events(self, request: QueryRequest, request_id: str) -> AsyncIterator[str]:
+        """Server-sent events: `token` events with answer text, then one `done` event (the full response)."""
+        started = time.perf_counter()
+        got = await self._retrieve(request.question, request.top_k, request.filters, None, None, None)
+        async for event in self.stages.answer_stream(request.question, got.chunks):
+            if "token" in event:
+                yield f"event: token\ndata: {json.dumps({'text': event['token']})}\n\n"
+            else:
+                response = self._response(request, request_id, got, event["done"], started)
+                self._log(request, response)
+                yield f"event: done\ndata: {response.model_dump_json()}\n\n"
+
+    def _response(self, request: QueryRequest, request_id: str, got: Retrieved, answer: Answer, started: float) -> QueryResponse:
+        return QueryResponse(
+            answer=answer.text, sources=to_sources(got.chunks), mode=answer.mode, cached=False, cache=None,
+            latency_ms=round((time.perf_counter() - started) * 1000, 2), request_id=request_id,
+            index_version=got.index_version, reranker=got.reranker, generator=answer.generator,
+        )
+
+    def _log(self, request: QueryRequest, response: QueryResponse) -> None:
+        fields = {
+            "request_id": response.request_id, "question_chars": len(request.question), "latency_ms": response.latency_ms,
+            "chunks_retrieved": len(response.sources), "cached": response.cached, "answer_chars": len(response.answer),
+            "sources": [s.chunk_id for s in response.sources], "mode": response.mode, "index_version": response.index_version,
+        }
+        if self.settings.api.log_questions:
+            fields["question"] = request.question
+        log.info("query", extra={"fields": fields})
+
+    async def health(self) -> HealthResponse:
+        status = await self.stages.status()
+        reasons: list[str] = []
+        retriever = status["retriever"]
+        embedder = status["embedder"]
+        if not retriever.get("ready"):
+            reasons.append(f"index: {retriever.get('error')}")
+        if embedder.get("error"):
+            reasons.append(f"embedding model: {embedder['error']}")
+        unhealthy = bool(reasons)
+        reranker = status["reranker"]
+        generator = status["generator"]
+        if self.settings.rerank.enabled and reranker.get("fallback"):
+            reasons.append(f"reranker fallback: {reranker.get('reason')}")
+        if generator.get("last_error"):
+            reasons.append(f"LLM: {generator['last_error']}")
+        state = "unhealthy" if unhealthy else ("degraded" if reasons else "healthy")
+        return HealthResponse(
+            status=state, reasons=reasons, chunks_indexed=retriever.get("chunks_indexed", 0),
+            index_version=retriever.get("index_version"), embedding_model=embedder.get("model") or retriever.get("embedding_model"),
+            reranker=reranker["name"], generator=generator["name"], cache_connected=False,
+            last_indexed_at=retriever.get("last_indexed_at"),
+            startup_time_seconds=round(self.startup_time_seconds if self.startup_time_seconds is not None else time.monotonic() - self.started, 3),
+        )
