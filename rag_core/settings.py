@@ -80,10 +80,13 @@ class IngestSettings(BaseModel):
 
 class RetrievalSettings(BaseModel):
     mode: Literal["dense", "lexical", "hybrid"] = Field("hybrid", description="Default retrieval mode.")
-    fetch_k: int = Field(50, ge=1, le=500, description="Candidates per retriever before fusion.")
+    fetch_k: int = Field(100, ge=1, le=500, description="Candidates per retriever before fusion.")
+    fusion: Literal["convex", "rrf"] = Field(
+        "convex", description="convex: weighted sum of min-max normalised scores; rrf: reciprocal rank fusion."
+    )
     rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant.")
-    dense_weight: float = Field(1.0, ge=0)
-    lexical_weight: float = Field(1.0, ge=0)
+    dense_weight: float = Field(0.6, ge=0)
+    lexical_weight: float = Field(0.4, ge=0)
     bm25_k1: float = Field(1.2, gt=0)
     bm25_b: float = Field(0.75, ge=0, le=1)
     bm25_stemmer: str | None = Field("english", description="PyStemmer language; null disables stemming.")
@@ -112,7 +115,6 @@ class APISettings(BaseModel):
     host: str = "127.0.0.1"
     port: int = 8000
     max_body_bytes: int = Field(65_536, ge=1024)
-    default_top_k: int = Field(5, ge=1, le=20)
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins; none by default.")
     embedder_torch_threads: int | None = Field(None, ge=1, description="Default: the node's cores.")
     embed_batch_wait_s: float = Field(0.002, ge=0, description="@serve.batch wait for more queries.")

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The main job on embedded defaults: install, start a local Ray cluster, index samples/ through
-# `ray job submit`. Re-running it is cheap: unchanged files are not embedded again.
+# `ray job submit`, then serve the index on http://127.0.0.1:8000 with the Serve graph.
+# Re-running it is cheap: unchanged files are not embedded again.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
@@ -8,17 +9,35 @@ bash scripts/setup.sh
 . .venv/bin/activate
 SOURCE="${1:-samples}"
 DASHBOARD="http://127.0.0.1:${RAY_DASHBOARD_PORT:-8265}"
+if [ -n "${RAG_INDEX_DIR:-}" ]; then
+  export RAG_INDEX_DIR="$(realpath -m "$RAG_INDEX_DIR")"
+fi
 if ! ray status --address "127.0.0.1:${RAY_GCS_PORT:-6380}" >/dev/null 2>&1; then
-  # Port 6380: Ray's default GCS port 6379 is Redis's.
+  # Port 6380: Ray's default GCS port 6379 is Redis's. The cluster inherits RAG_* from here.
   ray start --head --port="${RAY_GCS_PORT:-6380}" --dashboard-host 127.0.0.1 \
     --dashboard-port "${RAY_DASHBOARD_PORT:-8265}" --disable-usage-stats >/dev/null
 fi
 ENV_VARS="{}"
 if [ -n "${RAG_INDEX_DIR:-}" ]; then
-  ENV_VARS="{\"env_vars\": {\"RAG_INDEX_DIR\": \"$(realpath "$RAG_INDEX_DIR")\"}}"
+  ENV_VARS="{\"env_vars\": {\"RAG_INDEX_DIR\": \"$RAG_INDEX_DIR\"}}"
 fi
 ray job submit --address "$DASHBOARD" --working-dir . --runtime-env-json "$ENV_VARS" \
   -- python -m ingest_jobs.index --source "$SOURCE"
-echo
-echo "Indexed '$SOURCE'. Audit trail: python -m ingest_jobs.audit --files   Versions: python -m ingest_jobs.rollback --list"
-echo "Ray dashboard: $DASHBOARD   Stop the cluster: ray stop"
+
+# Serve the index (the project is installed in this venv, which the cluster runs; `serve deploy`
+# uploads no working_dir). Replicas follow the index pointer, so later ingests need no redeploy.
+serve deploy --address "$DASHBOARD" configs/serve.yaml
+for _ in $(seq 120); do
+  curl -fs -m 2 http://127.0.0.1:8000/health >/dev/null 2>&1 && break
+  sleep 2
+done
+curl -s http://127.0.0.1:8000/health; echo
+cat <<'EXAMPLE'
+
+The service answers on http://127.0.0.1:8000. Try:
+  curl -s http://127.0.0.1:8000/v1/query -H 'content-type: application/json' \
+       -d '{"question": "How many vacation days do employees get?"}'
+  curl -s http://127.0.0.1:8000/v1/retrieve -H 'content-type: application/json' -d '{"query": "hotel limit", "top_k": 3}'
+API docs: http://127.0.0.1:8000/docs   Audit trail: python -m ingest_jobs.audit --files
+Ray dashboard: http://127.0.0.1:8265   Stop everything: ray stop
+EXAMPLE

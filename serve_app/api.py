@@ -15,6 +15,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve_app.filters import FilterError
 from serve_app.schemas import ErrorResponse, HealthResponse, QueryRequest, QueryResponse, RetrieveRequest, RetrieveResponse
 from serve_app.service import ServiceUnavailable
 
@@ -72,7 +73,10 @@ class BodySizeLimit:
                 await self._reject(scope, send)
 
     async def _reject(self, scope: dict, send: Any) -> None:
-        response = JSONResponse({"error": f"request body over {self.max_bytes} bytes"}, status_code=413)
+        incoming = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1")
+        request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        body = ErrorResponse(error=f"request body over {self.max_bytes} bytes", request_id=request_id).model_dump()
+        response = JSONResponse(body, status_code=413, headers={REQUEST_ID_HEADER: request_id})
         await response(scope, None, send)
 
 
@@ -118,6 +122,10 @@ def create_app() -> FastAPI:
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(request, exc.status_code, str(exc.detail))
+
+    @app.exception_handler(FilterError)
+    async def refused_filter(request: Request, exc: FilterError) -> JSONResponse:
+        return _error(request, 422, "invalid request", [{"loc": ["body", "filters"], "msg": str(exc), "type": "value_error"}])
 
     @app.exception_handler(ServiceUnavailable)
     async def unavailable(request: Request, exc: ServiceUnavailable) -> JSONResponse:

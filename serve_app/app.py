@@ -10,6 +10,7 @@ replica, so all replicas (on any node) use exactly the same values.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import yaml
@@ -19,9 +20,21 @@ from rag_core.settings import RAGSettings, load_settings
 from serve_app.deployments import EmbedderDeployment, GeneratorDeployment, Ingress, RerankerDeployment, RetrieverDeployment
 
 
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_config_path(config: str | None) -> str | None:
+    """A relative config path is tried in the working directory, then in the project root
+    (the app may be built by a Serve task whose working directory is not the repo)."""
+    if not config or Path(config).is_absolute() or Path(config).exists():
+        return config
+    candidate = PROJECT_ROOT / config
+    return str(candidate) if candidate.exists() else config
+
+
 def settings_from_args(args: dict[str, Any] | None) -> RAGSettings:
     args = dict(args or {})
-    config = args.pop("config", None)
+    config = resolve_config_path(args.pop("config", None))
     overrides: dict[str, Any] = {}
     for key, value in args.items():
         if isinstance(value, str):

@@ -8,6 +8,8 @@
 
 from __future__ import annotations
 
+import math
+import re
 from typing import Any
 
 Scalar = str | int | float | bool
@@ -18,8 +20,11 @@ MAX_CONDITIONS = 50
 MAX_IN_VALUES = 100
 
 
+_FIELD_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]{0,127}$")
+
+
 class FilterError(ValueError):
-    """The filter is malformed; the message says where."""
+    """The filter is malformed or the store refused it; the message says where (HTTP 422)."""
 
 
 def normalize_filter(raw: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -44,6 +49,8 @@ def _normalize(node: Any, depth: int, counter: list[int]) -> dict[str, Any]:
             clauses.append(parts[0] if len(parts) == 1 else {key: parts})
         elif key.startswith("$"):
             raise FilterError(f"unknown operator {key!r}; use one of {', '.join(LOGICAL_OPERATORS)} or a field name")
+        elif not _FIELD_NAME.match(key):
+            raise FilterError(f"invalid field name {key!r}")
         else:
             clauses.append({key: _field_condition(key, value)})
             counter[0] += 1
@@ -65,13 +72,22 @@ def _field_condition(field: str, value: Any) -> dict[str, Any]:
             raise FilterError(f"field {field!r}: {operator} takes a non-empty list of values")
         if len(operand) > MAX_IN_VALUES:
             raise FilterError(f"field {field!r}: {operator} takes at most {MAX_IN_VALUES} values")
+        if len({type(v) for v in operand}) > 1:
+            raise FilterError(f"field {field!r}: {operator} values must all have one type")
     elif not _is_scalar(operand):
         raise FilterError(f"field {field!r}: {operator} takes a string, number or boolean")
     return {operator: operand}
 
 
 def _is_scalar(value: Any) -> bool:
-    return isinstance(value, (str, int, float, bool)) and not (isinstance(value, float) and value != value)
+    return isinstance(value, (str, int, float, bool)) and not (isinstance(value, float) and not math.isfinite(value))
+
+
+def _same(actual: Any, expected: Any) -> bool:
+    # Chroma keeps booleans apart from numbers (True does not match 1), unlike Python's ==.
+    if isinstance(actual, bool) or isinstance(expected, bool):
+        return isinstance(actual, bool) and isinstance(expected, bool) and actual == expected
+    return actual == expected
 
 
 def matches(where: dict[str, Any] | None, metadata: dict[str, Any]) -> bool:
@@ -87,9 +103,9 @@ def matches(where: dict[str, Any] | None, metadata: dict[str, Any]) -> bool:
     present = key in metadata
     actual = metadata.get(key)
     if operator == "$eq":
-        return present and actual == operand
+        return present and _same(actual, operand)
     if operator == "$ne":
-        return not present or actual != operand
+        return not present or not _same(actual, operand)
     if operator == "$in":
-        return present and actual in operand
-    return not present or actual not in operand  # $nin
+        return present and any(_same(actual, value) for value in operand)
+    return not present or not any(_same(actual, value) for value in operand)  # $nin

@@ -7,6 +7,7 @@ Modes in responses: "generative" (the LLM answered), "extractive" (no LLM config
 
 from __future__ import annotations
 
+import html
 import logging
 import re
 import time
@@ -44,12 +45,17 @@ class Answer:
     cited: list[int] = field(default_factory=list)  # 1-based passage numbers cited
 
 
+_DELIMITER_LIKE = re.compile(r"<(\s*/?\s*passage)", re.IGNORECASE)
+
+
 def format_context(passages: Sequence[RetrievedChunk]) -> str:
-    """Numbered passages inside explicit delimiters so document text cannot pose as instructions."""
+    """Numbered passages inside explicit delimiters so document text cannot pose as instructions:
+    anything in a passage or a file name that could open or close a delimiter is escaped."""
     blocks = []
     for number, chunk in enumerate(passages, start=1):
-        text = chunk.text.replace("<passage", "&lt;passage").replace("</passage>", "&lt;/passage&gt;")
-        blocks.append(f'<passage number="{number}" source="{chunk.file}, page {chunk.page}">\n{text}\n</passage>')
+        text = _DELIMITER_LIKE.sub(r"&lt;\1", chunk.text)
+        source = html.escape(f"{chunk.file}, page {chunk.page}", quote=True)
+        blocks.append(f'<passage number="{number}" source="{source}">\n{text}\n</passage>')
     return "\n\n".join(blocks)
 
 
@@ -95,6 +101,8 @@ class ExtractiveAnswerer:
         best = sorted(candidates, reverse=True)[: self.max_sentences]
         if best[0][0] == 0:
             best = best[:1]  # no lexical match: the top passage's first sentence, cited, is all we claim
+        else:
+            best = [c for c in best if c[0] > 0]  # never quote a sentence unrelated to the question
         best.sort(key=lambda c: (-c[1], -c[2]))  # passage order, then reading order
         text = " ".join(f"{sentence} [{number}]" for *_, number, sentence in best)
         return Answer(text, MODE_EXTRACTIVE, "extractive", cited=sorted({c[3] for c in best}))

@@ -1,5 +1,6 @@
-"""Hybrid retrieval over one index version: dense (ChromaDB) + lexical (BM25 via bm25s), fused
-with weighted reciprocal rank fusion, metadata filters on both, optional MMR diversification.
+"""Hybrid retrieval over one index version: dense (ChromaDB) + lexical (BM25 via bm25s), fused by
+a weighted sum of min-max normalised scores (default) or weighted reciprocal rank fusion, with
+metadata filters on both and optional MMR diversification.
 
 A snapshot holds everything for one version and is immutable; a new version is loaded into a new
 snapshot beside the old one and swapped in with one assignment, so requests in flight finish on
@@ -21,7 +22,7 @@ import numpy as np
 
 from rag_core.index_reader import RetrievedChunk
 from rag_core.index_store import VersionedIndex, VersionInfo, chroma_metadata, read_parquet_version
-from serve_app.filters import matches
+from serve_app.filters import FilterError, matches
 
 log = logging.getLogger("serve_app.retrieval")
 
@@ -99,6 +100,21 @@ def reciprocal_rank_fusion(rankings: Sequence[tuple[Sequence[str], float]], k: i
             continue
         for rank, chunk_id in enumerate(ranked, start=1):
             fused[chunk_id] = fused.get(chunk_id, 0.0) + weight / (k + rank)
+    return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
+
+
+def convex_fusion(scored: Sequence[tuple[Sequence[tuple[str, float]], float]]) -> list[tuple[str, float]]:
+    """Weighted sum of per-query min-max normalised scores; an id missing from a list scores 0 there."""
+    fused: dict[str, float] = {}
+    for ranked, weight in scored:
+        if weight <= 0 or not ranked:
+            continue
+        values = [score for _, score in ranked]
+        low, high = min(values), max(values)
+        span = high - low
+        for chunk_id, score in ranked:
+            normalised = (score - low) / span if span > 0 else 1.0
+            fused[chunk_id] = fused.get(chunk_id, 0.0) + weight * normalised
     return sorted(fused.items(), key=lambda item: (-item[1], item[0]))
 
 
@@ -200,10 +216,15 @@ class HybridRetriever:
         if mode in ("dense", "hybrid"):
             if query_vector is None:
                 raise ValueError("dense retrieval needs a query vector")
-            result = snapshot.collection.query(
-                query_embeddings=[np.asarray(query_vector, dtype=np.float32)], n_results=min(fetch_k, snapshot.chunk_count),
-                where=where or None, include=["distances"],
-            )
+            try:
+                result = snapshot.collection.query(
+                    query_embeddings=[np.asarray(query_vector, dtype=np.float32)], n_results=min(fetch_k, snapshot.chunk_count),
+                    where=where or None, include=["distances"],
+                )
+            except (ValueError, TypeError) as exc:  # chromadb's InvalidArgumentError is a ValueError
+                if where:
+                    raise FilterError(f"the vector store refused the filter: {exc}") from None
+                raise
             dense_scores = {cid: 1.0 - float(d) for cid, d in zip(result["ids"][0], result["distances"][0])}
             rankings.append((list(dense_scores), self.settings.dense_weight if mode == "hybrid" else 1.0))
         if mode in ("lexical", "hybrid"):
@@ -212,7 +233,12 @@ class HybridRetriever:
             lexical_scores = {snapshot.chunk_ids[pos]: score for pos, score in hits}
             rankings.append((list(lexical_scores), self.settings.lexical_weight if mode == "hybrid" else 1.0))
 
-        if mode == "hybrid":
+        if mode == "hybrid" and self.settings.fusion == "convex":
+            ranked = convex_fusion([
+                (list(dense_scores.items()), self.settings.dense_weight),
+                (list(lexical_scores.items()), self.settings.lexical_weight),
+            ])
+        elif mode == "hybrid":
             ranked = reciprocal_rank_fusion(rankings, self.settings.rrf_k)
         elif mode == "dense":
             ranked = list(dense_scores.items())
@@ -221,7 +247,7 @@ class HybridRetriever:
         ranked_ids = [cid for cid, _ in ranked]
         scores = dict(ranked)
         if mmr and ranked_ids and query_vector is not None:
-            candidates = ranked_ids[: self.settings.mmr_fetch_k]
+            candidates = ranked_ids[: max(self.settings.mmr_fetch_k, top_k)]
             got = snapshot.collection.get(ids=candidates, include=["embeddings"])
             vectors = dict(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32)))
             matrix = np.stack([vectors[c] for c in candidates])
@@ -232,7 +258,9 @@ class HybridRetriever:
     def _mask(self, snapshot: IndexSnapshot, where: dict[str, Any] | None) -> np.ndarray | None:
         if not where:
             return None
-        key = json.dumps(where, sort_keys=True)
+        # Keyed by version too: a request still finishing on the old snapshot after a swap must
+        # not leave its mask behind for the new one.
+        key = f"{snapshot.info.version}:{json.dumps(where, sort_keys=True)}"
         mask = self._mask_cache.get(key)
         if mask is None:
             mask = np.fromiter((matches(where, m) for m in snapshot.metadatas), dtype=bool, count=snapshot.chunk_count)

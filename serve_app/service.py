@@ -51,7 +51,6 @@ class QueryService:
     def __init__(self, stages: Stages, settings: Any):
         self.stages = stages
         self.settings = settings
-        self.started = time.monotonic()
         self.startup_time_seconds: float | None = None
 
     async def _retrieve(self, text: str, top_k: int, where: dict | None, mode: str | None, rerank: bool | None, mmr: bool | None) -> Retrieved:
@@ -112,6 +111,13 @@ class QueryService:
             fields["question"] = request.question
         log.info("query", extra={"fields": fields})
 
+    def _startup_seconds(self, status: dict[str, Any]) -> float:
+        """How long the service took to start: set by the caller, else the slowest stage's startup."""
+        if self.startup_time_seconds is not None:
+            return self.startup_time_seconds
+        stage_startups = [part.get("startup_s") for part in status.values() if isinstance(part, dict)]
+        return max((s for s in stage_startups if isinstance(s, (int, float))), default=0.0)
+
     async def health(self) -> HealthResponse:
         status = await self.stages.status()
         reasons: list[str] = []
@@ -134,5 +140,5 @@ class QueryService:
             index_version=retriever.get("index_version"), embedding_model=embedder.get("model") or retriever.get("embedding_model"),
             reranker=reranker["name"], generator=generator["name"], cache_connected=False,
             last_indexed_at=retriever.get("last_indexed_at"),
-            startup_time_seconds=round(self.startup_time_seconds if self.startup_time_seconds is not None else time.monotonic() - self.started, 3),
+            startup_time_seconds=round(self._startup_seconds(status), 3),
         )

@@ -81,3 +81,42 @@ def run_ingest(index_dir: Path, cluster: RayCluster | None, *args: str, timeout:
     lines = [line for line in process.stdout.splitlines() if line.strip()]
     assert lines, f"no stdout; stderr tail:\n{process.stderr[-3000:]}"
     return IngestResult(process.returncode, json.loads(lines[-1]), process.stderr)
+
+
+def manifest_passwords(pdf_dir: Path) -> list[str]:
+    import csv
+
+    rows = csv.DictReader((pdf_dir / "MANIFEST.tsv").open(), delimiter="\t")
+    return sorted({row["password"] for row in rows if row["password"]})
+
+
+@pytest.fixture(scope="session")
+def pdf_index(tmp_path_factory, ray_cluster, pdf_dir) -> tuple[Path, dict[str, Any]]:
+    """An index of all shared PDFs (built once per session through the CLI)."""
+    index_dir = tmp_path_factory.mktemp("pdf-index") / "index"
+    result = run_ingest(index_dir, ray_cluster, "--source", str(pdf_dir), timeout=900,
+                        RAG_INGEST__PDF_PASSWORDS=json.dumps(manifest_passwords(pdf_dir)))
+    assert result.returncode == 0, result.stderr[-3000:]
+    return index_dir, result.summary
+
+
+@pytest.fixture(scope="session")
+def serve_http(ray_cluster) -> str:
+    """Serve's HTTP proxy in the shared cluster; apps are added with `deploy_app`."""
+    from ray import serve
+
+    port = free_port()
+    serve.start(http_options={"host": "127.0.0.1", "port": port})
+    return f"http://127.0.0.1:{port}"
+
+
+def deploy_app(serve_http: str, name: str, **settings: Any) -> str:
+    """Deploy the real graph under /<name> with settings from configs/rag.yaml plus overrides."""
+    from ray import serve
+
+    from rag_core.settings import load_settings
+    from serve_app.app import build_graph
+
+    app_settings = load_settings(REPO_ROOT / "configs" / "rag.yaml", **settings)
+    serve.run(build_graph(app_settings), name=name, route_prefix=f"/{name}")
+    return f"{serve_http}/{name}"
