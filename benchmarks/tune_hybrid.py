@@ -30,6 +30,7 @@ def main() -> None:
     parser.add_argument("--split", default="train", choices=["train", "dev"])
     parser.add_argument("--workdir", type=Path)
     parser.add_argument("--max-queries", type=int, default=400)
+    parser.add_argument("--bm25-grid", action="store_true", help="also tune BM25 k1 and b (rebuilds the lexical index)")
     args = parser.parse_args()
     dataset = args.dataset.resolve()
     workdir = (args.workdir or Path.home() / ".cache" / "rag-eval" / dataset.name).resolve()
@@ -69,6 +70,14 @@ def main() -> None:
         return round(100 * total / len(rankings), 2)
 
     print(f"{args.split}: {len(queries)} queries; dense {score(dense)}  lexical {score(lexical)}")
+    if args.bm25_grid:
+        from serve_app.retrieval import LexicalIndex
+
+        for k1, b in itertools.product([0.6, 0.9, 1.2, 1.5], [0.3, 0.5, 0.75, 0.9]):
+            lexical_index = LexicalIndex(snapshot.texts, k1, b, settings.retrieval.bm25_stemmer)
+            scored = {q: [(snapshot.chunk_ids[p], v) for p, v in lexical_index.top(t, depth)] for q, t in queries.items()}
+            fused = {q: [cid for cid, _ in convex_fusion([(dense_scored[q][:100], 0.6), (scored[q][:100], 0.4)])] for q in queries}
+            print(f"bm25 k1={k1} b={b}: lexical {score({q: [c for c, _ in v] for q, v in scored.items()})}  convex hybrid {score(fused)}", flush=True)
     results = []
     for rrf_k, lexical_weight, fetch_k in itertools.product([5, 10, 20, 40, 60, 100], [0.5, 0.75, 1.0, 1.25, 1.5, 2.0], [20, 50, 100, 200]):
         fused = {q: [cid for cid, _ in reciprocal_rank_fusion([(dense[q][:fetch_k], 1.0), (lexical[q][:fetch_k], lexical_weight)], rrf_k)] for q in queries}

@@ -87,7 +87,7 @@ class RetrievalSettings(BaseModel):
     rrf_k: int = Field(60, ge=1, description="Reciprocal rank fusion constant.")
     dense_weight: float = Field(0.6, ge=0)
     lexical_weight: float = Field(0.4, ge=0)
-    bm25_k1: float = Field(1.2, gt=0)
+    bm25_k1: float = Field(0.6, gt=0)
     bm25_b: float = Field(0.75, ge=0, le=1)
     bm25_stemmer: str | None = Field("english", description="PyStemmer language; null disables stemming.")
     mmr: bool = Field(False, description="Diversify results with maximal marginal relevance.")

@@ -14,7 +14,10 @@ if [ -n "${RAG_INDEX_DIR:-}" ]; then
 fi
 if ! ray status --address "127.0.0.1:${RAY_GCS_PORT:-6380}" >/dev/null 2>&1; then
   # Port 6380: Ray's default GCS port 6379 is Redis's. The cluster inherits RAG_* from here.
-  ray start --head --port="${RAY_GCS_PORT:-6380}" --dashboard-host 127.0.0.1 \
+  # At least 4 logical CPUs, even on 2 cores: the Serve graph reserves 1.5 at minimum replicas
+  # and a later ingest (parse tasks + an embedding actor) must still be schedulable beside it.
+  CPUS=$(nproc); [ "$CPUS" -lt 4 ] && CPUS=4
+  ray start --head --port="${RAY_GCS_PORT:-6380}" --num-cpus "${RAY_NUM_CPUS:-$CPUS}" --dashboard-host 127.0.0.1 \
     --dashboard-port "${RAY_DASHBOARD_PORT:-8265}" --disable-usage-stats >/dev/null
 fi
 ENV_VARS="{}"

@@ -76,7 +76,9 @@ class BodySizeLimit:
         incoming = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1")
         request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         body = ErrorResponse(error=f"request body over {self.max_bytes} bytes", request_id=request_id).model_dump()
-        response = JSONResponse(body, status_code=413, headers={REQUEST_ID_HEADER: request_id})
+        app = scope.get("app")
+        echo = getattr(getattr(app, "state", None), "echo_request_id", True)
+        response = JSONResponse(body, status_code=413, headers={REQUEST_ID_HEADER: request_id} if echo else None)
         await response(scope, None, send)
 
 
@@ -87,7 +89,9 @@ def _request_id(request: Request) -> str:
 def _error(request: Request, status: int, message: str, detail: Any = None, headers: dict[str, str] | None = None) -> JSONResponse:
     request_id = _request_id(request)
     body = ErrorResponse(error=message, detail=detail, request_id=request_id).model_dump()
-    return JSONResponse(jsonable_encoder(body), status_code=status, headers={REQUEST_ID_HEADER: request_id, **(headers or {})})
+    if getattr(request.app.state, "echo_request_id", True):
+        headers = {REQUEST_ID_HEADER: request_id, **(headers or {})}
+    return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers)
 
 
 def install_limits(app: FastAPI, api_settings: Any) -> None:
@@ -97,20 +101,25 @@ def install_limits(app: FastAPI, api_settings: Any) -> None:
     app.add_middleware(BodySizeLimit, max_bytes=api_settings.max_body_bytes)
 
 
-def create_app() -> FastAPI:
-    """Routes, request ids and error mapping; the service is attached later as app.state.service."""
+def create_app(echo_request_id: bool = True) -> FastAPI:
+    """Routes, request ids and error mapping; the service is attached later as app.state.service.
+
+    Behind Serve's proxy `echo_request_id` is False: the proxy already forwards X-Request-ID to
+    the app (generating one when absent) and echoes it on the response."""
     app = FastAPI(
         title="RAG service",
         version="0.1.0",
         description="Answers questions from the current document index with cited sources.",
     )
+    app.state.echo_request_id = echo_request_id
 
     @app.middleware("http")
     async def request_id(request: Request, call_next: Any) -> Any:
         incoming = request.headers.get(REQUEST_ID_HEADER, "")
         request.state.request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         response = await call_next(request)
-        response.headers[REQUEST_ID_HEADER] = request.state.request_id
+        if echo_request_id:
+            response.headers[REQUEST_ID_HEADER] = request.state.request_id
         return response
 
     @app.exception_handler(RequestValidationError)

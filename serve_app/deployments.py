@@ -176,7 +176,7 @@ class Ingress:
         self.service = QueryService(ServeStages(embedder, retriever, reranker, generator), settings)
 
     def __serve_build_asgi_app__(self) -> Any:
-        app = create_app()
+        app = create_app(echo_request_id=False)  # Serve's proxy echoes X-Request-ID itself
         install_limits(app, self.settings.api)
         app.state.service = self.service
         return app

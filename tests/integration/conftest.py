@@ -38,7 +38,9 @@ def ray_cluster() -> RayCluster:
     # address="local": a private cluster, never Ray's default GCS port 6379 where Redis listens.
     context = ray.init(
         address="local",
-        num_cpus=2,
+        # Logical CPUs, more than the 2 cores: Serve apps (1.5 CPUs each at minimum) and ingest
+        # jobs share this cluster, as they share a node in production (see README, Serving).
+        num_cpus=6,
         include_dashboard=True,
         dashboard_host="127.0.0.1",
         dashboard_port=dashboard_port,
@@ -110,13 +112,23 @@ def serve_http(ray_cluster) -> str:
     return f"http://127.0.0.1:{port}"
 
 
-def deploy_app(serve_http: str, name: str, **settings: Any) -> str:
-    """Deploy the real graph under /<name> with settings from configs/rag.yaml plus overrides."""
+@pytest.fixture()
+def deploy_app(serve_http: str):
+    """deploy(name, **settings): the real graph under /<name> with settings from configs/rag.yaml
+    plus overrides; every app deployed by a test is deleted after it, freeing its CPUs."""
     from ray import serve
 
     from rag_core.settings import load_settings
     from serve_app.app import build_graph
 
-    app_settings = load_settings(REPO_ROOT / "configs" / "rag.yaml", **settings)
-    serve.run(build_graph(app_settings), name=name, route_prefix=f"/{name}")
-    return f"{serve_http}/{name}"
+    deployed: list[str] = []
+
+    def deploy(name: str, **settings: Any) -> str:
+        app_settings = load_settings(REPO_ROOT / "configs" / "rag.yaml", **settings)
+        serve.run(build_graph(app_settings), name=name, route_prefix=f"/{name}")
+        deployed.append(name)
+        return f"{serve_http}/{name}"
+
+    yield deploy
+    for name in deployed:
+        serve.delete(name)

@@ -107,6 +107,7 @@ def start_llama_server(
     model_alias: str = MODEL_ALIAS,
     n_ctx: int = 2048,
     n_threads: int | None = None,
+    n_threads_batch: int | None = None,
     startup_timeout_s: float = 90.0,
     warmup: bool = True,
     log_path: Path | None = None,
@@ -115,7 +116,7 @@ def start_llama_server(
     (and, with warmup, one real chat completion). Stops the process before raising."""
     check_llama_cpp_server()
     model_path = model_path or find_gguf()
-    threads = n_threads or max(1, min(4, os.cpu_count() or 1))
+    threads = n_threads or 1
     if log_path is None:
         handle, name = tempfile.mkstemp(prefix="llama-server-", suffix=".log")
         os.close(handle)
@@ -129,7 +130,7 @@ def start_llama_server(
         "--port", str(port),
         "--n_ctx", str(n_ctx),
         "--n_threads", str(threads),
-        "--n_threads_batch", str(threads),
+        "--n_threads_batch", str(n_threads_batch or threads),
         "--verbose", "False",
     ]
     # The server's settings read unprefixed environment variables (API_KEY, CHAT_FORMAT, N_GPU_LAYERS...).
@@ -153,9 +154,11 @@ def _failure(server: LlamaServer, what: str) -> LLMServerError:
     code = server.process.poll()
     hint = ""
     if code is not None and code < 0 and -code in (signal.SIGSEGV, signal.SIGILL):
-        hint = ("\nThe server crashed on a CPU instruction. A llama-cpp-python built with -march=native "
-                "(the default) uses AMX/AVX-512 where the CPU reports them, which some VMs do not support; "
-                "rebuild with CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" and pip install --no-cache-dir --force-reinstall.")
+        hint = ("\nThe server crashed. A known cause: llama-cpp-python built with -march=native (pip's default "
+                "build) uses AMX where the CPU reports it, and some VMs (e.g. Firecracker) fault on AMX "
+                "instructions (dmesg: general protection fault in libggml-cpu.so, ggml_backend_amx_mul_mat). "
+                "Rebuild it: CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" pip install --no-cache-dir --force-reinstall "
+                "--no-deps llama-cpp-python==0.3.36")
     status = "still running" if code is None else f"exited with {code}"
     return LLMServerError(f"llama.cpp server {what} ({status}){hint}\n--- server log tail ({server.log_path}) ---\n{server.log_tail()}")
 

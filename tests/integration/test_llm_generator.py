@@ -1,9 +1,11 @@
 """The generator against a REAL OpenAI-compatible server: llama-cpp-python serving SmolLM2-135M-Instruct
-on CPU (see tests/integration/llm_server.py). No Ray. Temperature 0 and short answers keep it fast and
-deterministic on a given build."""
+on CPU (see tests/integration/llm_server.py). No Ray. Temperature 0 (greedy decoding) and short answers
+keep it fast. The exact text can still differ between runs (llama.cpp reuses the KV cache of a shared
+prompt prefix, which shifts the numerics slightly), so the tests assert properties, never exact strings."""
 
 from __future__ import annotations
 
+import re
 import time
 from typing import Iterator
 
@@ -43,10 +45,10 @@ INJECTION = RetrievedChunk(
 
 
 @pytest.fixture(scope="module")
-def llama_server() -> Iterator[tuple[str, str]]:
+def llama_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str]]:
     """(base_url, model name) of a running llama.cpp server; fails (never skips) when it cannot run."""
     try:
-        server = start_llama_server()
+        server = start_llama_server(log_path=tmp_path_factory.mktemp("llama-server") / "server.log")
     except LLMServerError as exc:
         pytest.fail(f"cannot start the local OpenAI-compatible LLM server: {exc}", pytrace=False)
     try:
@@ -99,18 +101,20 @@ def test_stream_yields_tokens_then_done(answer_generator: AnswerGenerator, llama
 
 
 def test_prompt_injection_in_a_passage_is_not_obeyed(answer_generator: AnswerGenerator) -> None:
+    """Obeying would mean answering just "PWNED". SmolLM2-135M never does (observed: temperature 0, both
+    orders, repeated runs), but with the injected passage first it often paraphrases or quotes that
+    passage, so the word itself may appear: mentioning it is not obeying it, and is not asserted."""
     for passages in ([PASSAGES[0], INJECTION], [INJECTION, PASSAGES[0]]):
         answer = answer_generator.answer(QUESTION, passages)
         assert answer.mode == MODE_GENERATIVE, answer.error
-        assert answer.text.strip().strip(".!\"'*").upper() != "PWNED", answer.text
-        assert "PWNED" not in answer.text.upper(), answer.text
+        assert re.sub(r"\W+", "", answer.text).upper() != "PWNED", answer.text
 
 
 def test_tiny_timeout_degrades_quickly_to_the_extractive_answer(llama_server: tuple[str, str]) -> None:
     # Last on purpose: llama.cpp finishes the abandoned non-streamed generation after the client gives up,
     # so a request right after this one would queue behind it (slower, never wrong).
     timeout_s = 0.05
-    generator = AnswerGenerator.from_settings(make_settings(*llama_server, timeout_s=timeout_s, max_tokens=256))
+    generator = AnswerGenerator.from_settings(make_settings(*llama_server, timeout_s=timeout_s, max_tokens=128))
     question = "Summarise everything the passages say about vacation and office hours in detail."
     started = time.monotonic()
     answer = generator.answer(question, PASSAGES)

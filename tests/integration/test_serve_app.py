@@ -18,7 +18,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO_ROOT, SAMPLES_DIR
-from tests.integration.conftest import deploy_app, run_ingest
+from tests.integration.conftest import run_ingest
 
 SERVE_PORT = 8000  # configs/serve.yaml
 
@@ -82,6 +82,7 @@ def test_query_answers_with_cited_sources(serve_run_service, pdf_index):
     assert body["latency_ms"] > 0
     generated = httpx.post(f"{serve_run_service}/v1/query", json={"question": "What is DPR?"}, timeout=60)
     assert len(generated.headers["X-Request-ID"]) >= 16
+    assert generated.headers["X-Request-ID"] == generated.json()["request_id"]
 
 
 def test_retrieve_is_ranked_and_honours_filters(serve_run_service):
@@ -131,11 +132,11 @@ def test_bad_input_gets_a_json_4xx_without_a_trace(serve_run_service, path, payl
     assert "error" in response.json() and "Traceback" not in response.text
 
 
-def test_a_new_version_is_served_while_queries_run_with_zero_failures(tmp_path, ray_cluster, serve_http):
+def test_a_new_version_is_served_while_queries_run_with_zero_failures(tmp_path, ray_cluster, deploy_app):
     source, index_dir = tmp_path / "docs", tmp_path / "index"
     shutil.copytree(SAMPLES_DIR, source)
     assert run_ingest(index_dir, ray_cluster, "--source", str(source)).returncode == 0
-    base = deploy_app(serve_http, "swap", index_dir=index_dir, retrieval={"reload_check_interval_s": 0.5})
+    base = deploy_app("swap", index_dir=index_dir, retrieval={"reload_check_interval_s": 0.5})
     wait_for(f"{base}/health")
 
     outcomes: Counter = Counter()
@@ -169,9 +170,9 @@ def test_a_new_version_is_served_while_queries_run_with_zero_failures(tmp_path, 
     assert hit["index_version"] == "v000002" and hit["results"][0]["file"] == "heron.txt"
 
 
-def test_without_an_index_the_service_starts_unhealthy_then_recovers(tmp_path, ray_cluster, serve_http):
+def test_without_an_index_the_service_starts_unhealthy_then_recovers(tmp_path, ray_cluster, deploy_app):
     index_dir = tmp_path / "index"
-    base = deploy_app(serve_http, "empty", index_dir=index_dir, retrieval={"reload_check_interval_s": 0.5})
+    base = deploy_app("empty", index_dir=index_dir, retrieval={"reload_check_interval_s": 0.5})
     health = wait_for(f"{base}/health", status=503)
     assert health.json()["status"] == "unhealthy" and any("index" in r for r in health.json()["reasons"])
     query = httpx.post(f"{base}/v1/query", json={"question": "anything?"}, timeout=30)
@@ -182,10 +183,10 @@ def test_without_an_index_the_service_starts_unhealthy_then_recovers(tmp_path, r
     assert httpx.post(f"{base}/v1/query", json={"question": "hotel limit in London?"}, timeout=30).status_code == 200
 
 
-def test_an_unreachable_llm_gives_a_degraded_answer_within_the_timeout(tmp_path, ray_cluster, serve_http):
+def test_an_unreachable_llm_gives_a_degraded_answer_within_the_timeout(tmp_path, ray_cluster, deploy_app):
     index_dir = tmp_path / "index"
     assert run_ingest(index_dir, ray_cluster, "--source", str(SAMPLES_DIR)).returncode == 0
-    base = deploy_app(serve_http, "degraded", index_dir=index_dir, llm_base_url="http://127.0.0.1:9/v1", llm_model="nothing-here",
+    base = deploy_app("degraded", index_dir=index_dir, llm_base_url="http://127.0.0.1:9/v1", llm_model="nothing-here",
                       generator={"timeout_s": 3, "max_retries": 1})
     wait_for(f"{base}/health")
     started = time.monotonic()
