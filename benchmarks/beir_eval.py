@@ -189,7 +189,7 @@ def main() -> None:
             rows.append({"dataset": dataset.name, "split": args.split, "strategy": name, "queries": len(queries), "reranker": reranker, **metrics,
                          "seconds": round(time.monotonic() - started, 1)})
             print(json.dumps(rows[-1]), flush=True)
-        print(f"\n| dataset | split | strategy | nDCG@10 | recall@10 | MRR@10 | reranker |\n|---|---|---|---|---|---|---|")
+        print("\n| dataset | split | strategy | nDCG@10 | recall@10 | MRR@10 | reranker |\n|---|---|---|---|---|---|---|")
         for row in rows:
             print(f"| {row['dataset']} | {row['split']} ({row['queries']} q) | {row['strategy']} | {row['ndcg@10']} | {row['recall@10']} | {row['mrr@10']} | {row['reranker']} |")
     finally:

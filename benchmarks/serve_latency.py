@@ -14,13 +14,15 @@ import itertools
 import json
 import os
 import signal
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from beir_eval import wait_healthy  # noqa: E402
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GRAPH_URL = "http://127.0.0.1:8000"
@@ -59,19 +61,6 @@ async def drive(url: str, path: str, payloads: list[dict], concurrency: int, req
         "p99_ms": round(percentile(latencies, 99), 1), "rps": round(len(latencies) / wall, 1),
         "requests": len(latencies), "errors": errors,
     }
-
-
-def wait_healthy(url: str, timeout_s: float = 300) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.get(f"{url}/health", timeout=5)
-            if response.status_code == 200:
-                return response.json()
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    raise SystemExit(f"{url} not healthy")
 
 
 def main() -> None:

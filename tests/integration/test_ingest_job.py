@@ -21,7 +21,7 @@ from rag_core.embedding import PACKAGED_MINILM, EmbeddingModel, packaged_minilm_
 from rag_core.index_reader import IndexReader
 from rag_core.index_store import VERSION_INFO_FILE, VersionedIndex
 from tests.conftest import REPO_ROOT, SAMPLES_DIR
-from tests.integration.conftest import RayCluster, free_port, ingest_env, run_ingest
+from tests.integration.conftest import free_port, ingest_env, run_ingest
 
 SUMMARY_KEYS = {
     "index_version", "files_seen", "files_indexed", "files_unchanged", "files_deleted",

@@ -8,12 +8,12 @@ import os
 import re
 from pathlib import Path
 
-import pyarrow as pa
 import pytest
 from fastapi.testclient import TestClient
 
 from rag_core.embedding import EmbeddingModel
-from rag_core.index_store import VersionedIndex, VersionInfo, chunk_schema, manifest_from_rows
+from index_builder import build_version
+from rag_core.index_store import VersionedIndex, VersionInfo
 from rag_core.settings import load_settings
 from serve_app.local import create_local_app
 from serve_app.schemas import MAX_QUESTION_CHARS
@@ -50,25 +50,7 @@ def settings_for(index_dir: Path):
 
 
 def build_index(index_dir: Path, model: EmbeddingModel) -> VersionInfo:
-    index = VersionedIndex(index_dir)
-    builder = index.begin(model.spec, {"chunk_size": 512, "chunk_overlap": 64}, None)
-    vectors = model.embed_documents([text for _, _, text, _ in CORPUS])
-    rows, counts = [], {}
-    for (file, page, text, metadata), vector in zip(CORPUS, vectors):
-        n = counts[file] = counts.get(file, -1) + 1
-        rows.append(
-            {
-                "chunk_id": f"{file}#{n}", "file": file, "page": page, "chunk_index": n, "char_start": 0,
-                "char_end": len(text), "text": text, "file_sha256": f"sha-{file}", "sidecar_sha256": "",
-                "file_size": 1000, "ingested_at": "2024-06-01T12:00:00+00:00", "index_version": builder.version,
-                "metadata": json.dumps(metadata), "embedding": vector.tolist(),
-            }
-        )
-    table = pa.Table.from_pylist(rows, schema=chunk_schema(model.spec.dimension))
-    builder.add(table)
-    info = builder.commit(manifest_from_rows(table))
-    index.set_current(info.version)
-    return info
+    return build_version(VersionedIndex(index_dir), model, CORPUS)
 
 
 @pytest.fixture(scope="module")

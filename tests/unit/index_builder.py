@@ -1,0 +1,33 @@
+"""Builds small real index versions (real model vectors, embedded Chroma) for unit tests."""
+
+from __future__ import annotations
+
+import json
+
+import pyarrow as pa
+
+from rag_core.embedding import EmbeddingModel
+from rag_core.index_store import VersionedIndex, VersionInfo, chunk_schema, manifest_from_rows
+
+
+def build_version(index: VersionedIndex, model: EmbeddingModel, corpus: list[tuple], make_current: bool = True) -> VersionInfo:
+    """Commit `corpus` ((file, page, text, metadata) tuples) as a new version of `index`."""
+    builder = index.begin(model.spec, {"chunk_size": 512, "chunk_overlap": 64}, index.current_version())
+    vectors = model.embed_documents([text for _, _, text, _ in corpus]) if corpus else []
+    rows, counts = [], {}
+    for (file, page, text, metadata), vector in zip(corpus, vectors):
+        n = counts[file] = counts.get(file, -1) + 1
+        rows.append(
+            {
+                "chunk_id": f"{file}#{n}", "file": file, "page": page, "chunk_index": n, "char_start": 0,
+                "char_end": len(text), "text": text, "file_sha256": f"sha-{file}", "sidecar_sha256": "",
+                "file_size": 1000, "ingested_at": "2024-06-01T12:00:00+00:00", "index_version": builder.version,
+                "metadata": json.dumps(metadata), "embedding": vector.tolist(),
+            }
+        )
+    table = pa.Table.from_pylist(rows, schema=chunk_schema(model.spec.dimension))
+    builder.add(table)
+    info = builder.commit(manifest_from_rows(table))
+    if make_current:
+        index.set_current(info.version)
+    return info
