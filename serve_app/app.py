@@ -47,12 +47,18 @@ def settings_from_args(args: dict[str, Any] | None) -> RAGSettings:
     return load_settings(config, **overrides)
 
 
-def build_graph(settings: RAGSettings) -> Application:
-    return Ingress.bind(
-        EmbedderDeployment.bind(settings),
-        RetrieverDeployment.bind(settings),
-        RerankerDeployment.bind(settings),
-        GeneratorDeployment.bind(settings),
+def build_graph(settings: RAGSettings, deployment_options: dict[str, dict[str, Any]] | None = None) -> Application:
+    """The graph; `deployment_options` overrides Serve options by deployment name (as serve.yaml does)."""
+    options = deployment_options or {}
+
+    def configured(deployment: Any) -> Any:
+        return deployment.options(**options[deployment.name]) if deployment.name in options else deployment
+
+    return configured(Ingress).bind(
+        configured(EmbedderDeployment).bind(settings),
+        configured(RetrieverDeployment).bind(settings),
+        configured(RerankerDeployment).bind(settings),
+        configured(GeneratorDeployment).bind(settings),
         settings,
     )
 

@@ -123,9 +123,9 @@ def deploy_app(serve_http: str):
 
     deployed: list[str] = []
 
-    def deploy(name: str, **settings: Any) -> str:
+    def deploy(name: str, deployment_options: dict[str, dict[str, Any]] | None = None, **settings: Any) -> str:
         app_settings = load_settings(REPO_ROOT / "configs" / "rag.yaml", **settings)
-        serve.run(build_graph(app_settings), name=name, route_prefix=f"/{name}")
+        serve.run(build_graph(app_settings, deployment_options), name=name, route_prefix=f"/{name}")
         deployed.append(name)
         return f"{serve_http}/{name}"
 

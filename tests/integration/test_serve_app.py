@@ -3,6 +3,7 @@ graphs deployed into the shared Ray session for the version-swap, no-index and L
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import shutil
@@ -198,3 +199,22 @@ def test_an_unreachable_llm_gives_a_degraded_answer_within_the_timeout(tmp_path,
     assert elapsed < 3 + 2
     health = httpx.get(f"{base}/health").json()
     assert health["status"] == "degraded" and any("LLM" in r for r in health["reasons"])
+
+
+def test_a_full_queue_sheds_load_with_503_and_retry_after(tmp_path, ray_cluster, deploy_app):
+    index_dir = tmp_path / "index"
+    assert run_ingest(index_dir, ray_cluster, "--source", str(SAMPLES_DIR)).returncode == 0
+    tight = {"num_replicas": 1, "autoscaling_config": None, "max_ongoing_requests": 1, "max_queued_requests": 1}
+    base = deploy_app("shed", index_dir=index_dir, deployment_options={"Embedder": tight})
+    wait_for(f"{base}/health")
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*(client.post(f"{base}/v1/retrieve", json={"query": f"vacation days {i}"}) for i in range(40)))
+
+    responses = asyncio.run(burst())
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[503] > 0 and statuses[200] > 0, statuses
+    for response in (r for r in responses if r.status_code == 503):
+        assert response.headers.get("Retry-After") and "overloaded" in response.json()["error"]
