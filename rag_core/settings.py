@@ -116,7 +116,7 @@ class APISettings(BaseModel):
     port: int = 8000
     max_body_bytes: int = Field(65_536, ge=1024)
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins; none by default.")
-    embedder_torch_threads: int | None = Field(None, ge=1, description="Default: the node's cores.")
+    embedder_torch_threads: int | None = Field(None, ge=1, description="Torch threads in Embedder and Reranker replicas; default: the node's cores.")
     embed_batch_wait_s: float = Field(0.002, ge=0, description="@serve.batch wait for more queries.")
     embed_max_batch_size: int = Field(16, ge=1)
     log_questions: bool = Field(False, description="Put question text in logs.")

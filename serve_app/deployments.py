@@ -86,6 +86,9 @@ class RerankerDeployment:
     def __init__(self, settings: RAGSettings):
         started = time.monotonic()
         configure_json_logging()
+        import torch
+
+        torch.set_num_threads(_torch_threads(settings))  # as in the Embedder: not Ray's 1 thread
         self.reranker = Reranker(settings.rerank.model, "cuda" if settings.embedding_device.startswith("cuda") else "cpu")
         self.startup_s = time.monotonic() - started
 
