@@ -24,8 +24,16 @@ ENV_VARS="{}"
 if [ -n "${RAG_INDEX_DIR:-}" ]; then
   ENV_VARS="{\"env_vars\": {\"RAG_INDEX_DIR\": \"$RAG_INDEX_DIR\"}}"
 fi
-ray job submit --address "$DASHBOARD" --working-dir . --runtime-env-json "$ENV_VARS" \
-  -- python -m ingest_jobs.index --source "$SOURCE"
+# Right after `ray start` the dashboard may not have a job agent yet; Ray says to retry.
+LOG=$(mktemp)
+for attempt in $(seq 12); do
+  if ray job submit --address "$DASHBOARD" --working-dir . --runtime-env-json "$ENV_VARS" \
+       -- python -m ingest_jobs.index --source "$SOURCE" 2>&1 | tee "$LOG"; then
+    break
+  fi
+  grep -q "No available agent to submit job" "$LOG" || exit 1
+  sleep 5
+done
 
 # Serve the index (the project is installed in this venv, which the cluster runs; `serve deploy`
 # uploads no working_dir). Replicas follow the index pointer, so later ingests need no redeploy.

@@ -281,12 +281,16 @@ def test_a_different_model_builds_a_full_new_version(tmp_path, ray_cluster):
 def test_ray_job_submit_runs_the_job_on_the_cluster(tmp_path, ray_cluster):
     index_dir = tmp_path / "index"
     runtime_env = {"env_vars": {"RAG_INDEX_DIR": str(index_dir), "RAG_TRIGGERED_BY": "job-submit-test"}}
-    process = subprocess.run(
-        ["ray", "job", "submit", "--address", ray_cluster.dashboard_url, "--working-dir", ".",
-         "--runtime-env-json", json.dumps(runtime_env), "--", "python", "-m", "ingest_jobs.index", "--source", "samples"],
-        cwd=REPO_ROOT, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
-        capture_output=True, text=True, timeout=600,
-    )
+    for _ in range(12):  # right after start the dashboard may have no job agent yet ("try again later")
+        process = subprocess.run(
+            ["ray", "job", "submit", "--address", ray_cluster.dashboard_url, "--working-dir", ".",
+             "--runtime-env-json", json.dumps(runtime_env), "--", "python", "-m", "ingest_jobs.index", "--source", "samples"],
+            cwd=REPO_ROOT, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+            capture_output=True, text=True, timeout=600,
+        )
+        if "No available agent to submit job" not in process.stdout + process.stderr:
+            break
+        time.sleep(5)
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
     summaries = [json.loads(l) for l in process.stdout.splitlines() if l.startswith('{"index_version"')]
     assert summaries and summaries[-1]["files_indexed"] == 4 and summaries[-1]["files_failed"] == []
