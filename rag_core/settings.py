@@ -122,6 +122,21 @@ class APISettings(BaseModel):
     log_questions: bool = Field(False, description="Put question text in logs.")
 
 
+class CacheSettings(BaseModel):
+    enabled: bool = Field(True, description="Answer repeated questions from the cache.")
+    ttl_s: int = Field(3600, ge=1, description="Lifetime of a cached answer (old versions' entries expire with it).")
+    semantic: bool = Field(True, description="Also hit on rephrased questions (query-embedding cosine).")
+    semantic_threshold: float = Field(
+        0.95, gt=0, le=1, description="Cosine at or above which a rephrasing hits; measured on SQuAD (README)."
+    )
+    semantic_max_entries: int = Field(256, ge=1, le=10_000, description="Cached questions compared per scope, newest first.")
+    key_prefix: str = Field("rag:cache", min_length=1, description="Namespace of every Redis key.")
+    local_max_entries: int = Field(2048, ge=1, description="In-process cache size per ingress replica (no Redis).")
+    redis_pool_size: int = Field(16, ge=1, description="Connections per ingress replica.")
+    redis_socket_timeout_s: float = Field(0.05, gt=0, description="Connect and read timeout; Redis slower than this is skipped.")
+    redis_retry_after_s: float = Field(1.0, ge=0, description="After a Redis failure, skip it this long, then reconnect.")
+
+
 class RAGSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAG_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -147,7 +162,7 @@ class RAGSettings(BaseSettings):
     )
     chroma_url: str | None = Field(None, description="ChromaDB server; unset = embedded store.")
     chroma_collection_prefix: str = "rag"
-    redis_url: str | None = None
+    redis_url: str | None = Field(None, description="Shared answer cache and rate limits; unset = in-process cache.")
     llm_base_url: str | None = None
     llm_model: str | None = None
     llm_api_key: SecretStr | None = None
@@ -159,6 +174,7 @@ class RAGSettings(BaseSettings):
     rerank: RerankSettings = Field(default_factory=RerankSettings)
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
     api: APISettings = Field(default_factory=APISettings)
+    cache: CacheSettings = Field(default_factory=CacheSettings)
 
     @field_validator("index_dir")
     @classmethod

@@ -19,6 +19,7 @@ from rag_core.index_store import VersionedIndex
 from rag_core.logs import configure_json_logging
 from rag_core.settings import RAGSettings
 from serve_app.api import create_app, install_limits
+from serve_app.cache import AnswerCache
 from serve_app.embedder import QueryEmbedder
 from serve_app.generation import Answer, AnswerGenerator
 from serve_app.reranking import Reranker
@@ -176,7 +177,9 @@ class Ingress:
     def __init__(self, embedder: Any, retriever: Any, reranker: Any, generator: Any, settings: RAGSettings):
         configure_json_logging()
         self.settings = settings
-        self.service = QueryService(ServeStages(embedder, retriever, reranker, generator), settings)
+        self.service = QueryService(ServeStages(embedder, retriever, reranker, generator), settings,
+                                    cache=AnswerCache.from_settings(settings) if settings.cache.enabled else None,
+                                    index_version=VersionedIndex.from_settings(settings).current_version)
 
     def __serve_build_asgi_app__(self) -> Any:
         app = create_app(echo_request_id=False)  # Serve's proxy echoes X-Request-ID itself

@@ -16,6 +16,7 @@ from rag_core.index_store import VersionedIndex
 from rag_core.logs import configure_json_logging
 from rag_core.settings import RAGSettings, load_settings
 from serve_app.api import create_app, install_limits
+from serve_app.cache import AnswerCache
 from serve_app.embedder import QueryEmbedder
 from serve_app.generation import Answer, AnswerGenerator
 from serve_app.reranking import Reranker
@@ -77,7 +78,9 @@ def create_local_app(settings: RAGSettings, torch_threads: int | None = None) ->
     started = time.monotonic()
     app = create_app()
     install_limits(app, settings.api)
-    service = QueryService(LocalStages(settings, torch_threads), settings)
+    service = QueryService(LocalStages(settings, torch_threads), settings,
+                           cache=AnswerCache.from_settings(settings) if settings.cache.enabled else None,
+                           index_version=VersionedIndex.from_settings(settings).current_version)
     service.startup_time_seconds = time.monotonic() - started
     app.state.service = service
     return app

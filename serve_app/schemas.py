@@ -39,7 +39,7 @@ def _not_blank(value: str) -> str:
 class QueryRequest(_Request):
     question: str = Field(..., min_length=1, max_length=MAX_QUESTION_CHARS, examples=["How many vacation days do employees get?"])
     top_k: int = Field(5, ge=1, le=20, description="Passages retrieved and cited.")
-    use_cache: bool = Field(True, description="Answer from the cache when possible.")
+    use_cache: bool = Field(True, description="Answer from the cache when possible; false forces a fresh answer (which refreshes the cache).")
     stream: bool = Field(False, description="Server-sent events: answer tokens, then a final event with the sources.")
 
     _question_not_blank = field_validator("question")(classmethod(lambda cls, v: _not_blank(v)))
@@ -68,7 +68,7 @@ class QueryResponse(BaseModel):
     sources: list[Source]
     mode: Literal["generative", "extractive", "degraded"]
     cached: bool
-    cache: Literal["exact", "semantic"] | None = None
+    cache: Literal["exact", "semantic"] | None = Field(None, description="How a cached answer matched: the same question, or a rephrasing.")
     latency_ms: float
     request_id: str
     index_version: str
@@ -92,6 +92,7 @@ class HealthResponse(BaseModel):
     embedding_model: str | None
     reranker: str
     generator: str
+    cache: Literal["redis", "local", "off"] = Field(..., description="Answer cache: shared Redis, in-process per replica, or disabled.")
     cache_connected: bool
     last_indexed_at: str | None
     startup_time_seconds: float

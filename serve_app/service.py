@@ -10,10 +10,11 @@ import json
 import logging
 import time
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Protocol
+from typing import Any, AsyncIterator, Callable, Protocol
 
 from rag_core.index_reader import RetrievedChunk
-from serve_app.generation import Answer
+from serve_app.cache import AnswerCache, CacheHit, CacheScope, pipeline_identity, scope_for_version
+from serve_app.generation import MODE_DEGRADED, Answer
 from serve_app.schemas import HealthResponse, QueryRequest, QueryResponse, RetrieveRequest, RetrieveResponse, Source
 
 log = logging.getLogger("serve_app.query")
@@ -34,6 +35,20 @@ class Retrieved:
     reranker: str | None
 
 
+@dataclass
+class CacheLookup:
+    """What the cache check found, and what a miss reuses: the scope and the query embedding."""
+
+    scope: CacheScope | None
+    embedding: tuple[list[float], str] | None = None
+    hit: CacheHit | None = None
+
+
+# Set on a response by the request that produced it, never taken from the cache.
+_PER_REQUEST_FIELDS = {"request_id", "latency_ms", "cached", "cache"}
+PUBLIC_ACCESS = "public"
+
+
 class Stages(Protocol):
     async def embed(self, text: str) -> tuple[list[float], str]: ...
     async def retrieve(self, query: str, vector: list[float] | None, model: str | None, top_k: int, where: dict | None, mode: str, mmr: bool | None) -> tuple[list[RetrievedChunk], str]: ...
@@ -48,18 +63,25 @@ def to_sources(chunks: list[RetrievedChunk]) -> list[Source]:
 
 
 class QueryService:
-    def __init__(self, stages: Stages, settings: Any):
+    def __init__(self, stages: Stages, settings: Any, cache: AnswerCache | None = None,
+                 index_version: Callable[[], str | None] | None = None):
+        """`cache` with `index_version` (the current version pointer, read before any downstream
+        call) enables answer caching; without them every query is answered afresh."""
         self.stages = stages
         self.settings = settings
+        self.cache = cache if cache is not None and index_version is not None else None
+        self.index_version = index_version
+        self.pipeline = pipeline_identity(settings)
         self.startup_time_seconds: float | None = None
 
-    async def _retrieve(self, text: str, top_k: int, where: dict | None, mode: str | None, rerank: bool | None, mmr: bool | None) -> Retrieved:
+    async def _retrieve(self, text: str, top_k: int, where: dict | None, mode: str | None, rerank: bool | None, mmr: bool | None,
+                        embedding: tuple[list[float], str] | None = None) -> Retrieved:
         mode = mode or self.settings.retrieval.mode
         rerank = self.settings.rerank.enabled if rerank is None else rerank
         candidates = max(top_k, self.settings.rerank.candidates) if rerank else top_k
         vector, model = (None, None)
         if mode != "lexical":
-            vector, model = await self.stages.embed(text)
+            vector, model = embedding or await self.stages.embed(text)
         chunks, version = await self.stages.retrieve(text, vector, model, candidates, where, mode, mmr)
         reranker = None
         if rerank and chunks:
@@ -74,25 +96,75 @@ class QueryService:
             mode=request.mode or self.settings.retrieval.mode, latency_ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
-    async def query(self, request: QueryRequest, request_id: str) -> QueryResponse:
+    async def _check_cache(self, request: QueryRequest, access: str) -> CacheLookup:
+        """Exact lookup before any downstream call; on a miss, the query is embedded once, for the
+        semantic lookup and then for retrieval."""
+        version = self.index_version() if self.cache and self.index_version else None
+        if version is None:  # no cache, or no index yet (retrieval will say so)
+            return CacheLookup(None)
+        assert self.cache is not None
+        lookup = CacheLookup(CacheScope(version, request.filters, request.top_k, self.pipeline, access))
+        if request.use_cache:
+            lookup.hit = await self.cache.lookup_exact(lookup.scope, request.question)
+            if lookup.hit:
+                return lookup
+        if self.settings.retrieval.mode != "lexical":
+            lookup.embedding = await self.stages.embed(request.question)
+            if request.use_cache:
+                lookup.hit = await self.cache.lookup_semantic(lookup.scope, request.question, lookup.embedding[0])
+        return lookup
+
+    async def _remember(self, lookup: CacheLookup, request: QueryRequest, response: QueryResponse) -> None:
+        # A degraded answer (LLM down) is not worth keeping: the next request may get a real one.
+        if self.cache is None or lookup.scope is None or response.mode == MODE_DEGRADED:
+            return
+        # Filed under the version that actually answered: the retriever may lag the pointer briefly.
+        scope = scope_for_version(lookup.scope, response.index_version)
+        vector = lookup.embedding[0] if lookup.embedding else None
+        await self.cache.store_response(scope, request.question, vector, response.model_dump(exclude=_PER_REQUEST_FIELDS))
+
+    def _cached(self, hit: CacheHit, request_id: str, started: float) -> QueryResponse:
+        return QueryResponse(**hit.response, cached=True, cache=hit.kind, request_id=request_id,
+                             latency_ms=round((time.perf_counter() - started) * 1000, 2))
+
+    async def query(self, request: QueryRequest, request_id: str, access: str = PUBLIC_ACCESS) -> QueryResponse:
         started = time.perf_counter()
-        got = await self._retrieve(request.question, request.top_k, request.filters, None, None, None)
-        answer = await self.stages.answer(request.question, got.chunks)
-        response = self._response(request, request_id, got, answer, started)
+        lookup = await self._check_cache(request, access)
+        if lookup.hit:
+            response = self._cached(lookup.hit, request_id, started)
+        else:
+            got = await self._retrieve(request.question, request.top_k, request.filters, None, None, None, lookup.embedding)
+            answer = await self.stages.answer(request.question, got.chunks)
+            response = self._response(request, request_id, got, answer, started)
+            await self._remember(lookup, request, response)
         self._log(request, response)
         return response
 
-    async def query_events(self, request: QueryRequest, request_id: str) -> AsyncIterator[str]:
-        """Server-sent events: `token` events with answer text, then one `done` event (the full response)."""
+    async def query_events(self, request: QueryRequest, request_id: str, access: str = PUBLIC_ACCESS) -> AsyncIterator[str]:
+        """Server-sent events: `token` events with answer text, then one `done` event (the full response).
+        A cached answer is streamed the same way: its text as one token event, then `done`."""
         started = time.perf_counter()
-        got = await self._retrieve(request.question, request.top_k, request.filters, None, None, None)
+        lookup = await self._check_cache(request, access)
+        if lookup.hit:
+            response = self._cached(lookup.hit, request_id, started)
+            yield f"event: token\ndata: {json.dumps({'text': response.answer})}\n\n"
+            self._log(request, response)
+            yield f"event: done\ndata: {response.model_dump_json()}\n\n"
+            return
+        got = await self._retrieve(request.question, request.top_k, request.filters, None, None, None, lookup.embedding)
         async for event in self.stages.answer_stream(request.question, got.chunks):
             if "token" in event:
                 yield f"event: token\ndata: {json.dumps({'text': event['token']})}\n\n"
             else:
                 response = self._response(request, request_id, got, event["done"], started)
+                await self._remember(lookup, request, response)
                 self._log(request, response)
                 yield f"event: done\ndata: {response.model_dump_json()}\n\n"
+
+    async def purge_cache(self, index_version: str | None = None) -> int:
+        if self.cache is None:
+            return 0
+        return await self.cache.purge(index_version)
 
     def _response(self, request: QueryRequest, request_id: str, got: Retrieved, answer: Answer, started: float) -> QueryResponse:
         return QueryResponse(
@@ -104,7 +176,7 @@ class QueryService:
     def _log(self, request: QueryRequest, response: QueryResponse) -> None:
         fields = {
             "request_id": response.request_id, "question_chars": len(request.question), "latency_ms": response.latency_ms,
-            "chunks_retrieved": len(response.sources), "cached": response.cached, "answer_chars": len(response.answer),
+            "chunks_retrieved": len(response.sources), "cached": response.cached, "cache": response.cache, "answer_chars": len(response.answer),
             "sources": [s.chunk_id for s in response.sources], "mode": response.mode, "index_version": response.index_version,
         }
         if self.settings.api.log_questions:
@@ -134,11 +206,14 @@ class QueryService:
             reasons.append(f"reranker fallback: {reranker.get('reason')}")
         if generator.get("last_error"):
             reasons.append(f"LLM: {generator['last_error']}")
+        cache = await self.cache.status() if self.cache else {"backend": "off", "connected": False}
+        if self.cache and not cache["connected"]:
+            reasons.append(f"cache: {cache['backend']} not reachable, answering uncached")
         state = "unhealthy" if unhealthy else ("degraded" if reasons else "healthy")
         return HealthResponse(
             status=state, reasons=reasons, chunks_indexed=retriever.get("chunks_indexed", 0),
             index_version=retriever.get("index_version"), embedding_model=embedder.get("model") or retriever.get("embedding_model"),
-            reranker=reranker["name"], generator=generator["name"], cache_connected=False,
+            reranker=reranker["name"], generator=generator["name"], cache=cache["backend"], cache_connected=cache["connected"],
             last_indexed_at=retriever.get("last_indexed_at"),
             startup_time_seconds=round(self._startup_seconds(status), 3),
         )

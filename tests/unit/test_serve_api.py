@@ -103,7 +103,7 @@ def test_health_reports_the_served_index(served) -> None:
     assert health["embedding_model"] == model_name
     assert health["reranker"] == "fallback:retrieval-order"
     assert health["generator"] == "extractive"
-    assert health["cache_connected"] is False
+    assert health["cache"] == "local" and health["cache_connected"] is True  # in-process by default
     assert health["last_indexed_at"] == info.created_at
     assert isinstance(health["startup_time_seconds"], float) and 0 <= health["startup_time_seconds"] < 120
     assert re.fullmatch(r"[0-9a-f]{32}", response.headers["X-Request-ID"])
