@@ -12,6 +12,10 @@ DASHBOARD="http://127.0.0.1:${RAY_DASHBOARD_PORT:-8265}"
 if [ -n "${RAG_INDEX_DIR:-}" ]; then
   export RAG_INDEX_DIR="$(realpath -m "$RAG_INDEX_DIR")"
 fi
+# The answer cache is shared in Redis when one answers on 127.0.0.1:6379, else in-process per replica.
+if [ -z "${RAG_REDIS_URL:-}" ] && python -c "import redis; redis.Redis(socket_timeout=1).ping()" 2>/dev/null; then
+  export RAG_REDIS_URL="redis://127.0.0.1:6379/0"
+fi
 if ! ray status --address "127.0.0.1:${RAY_GCS_PORT:-6380}" >/dev/null 2>&1; then
   # Port 6380: Ray's default GCS port 6379 is Redis's. The cluster inherits RAG_* from here.
   # At least 4 logical CPUs, even on 2 cores: the Serve graph reserves 1.5 at minimum replicas
