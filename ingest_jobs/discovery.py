@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from rag_core.access import RESERVED_PREFIX, Access, AccessError, document_access
 from rag_core.index_store import RESERVED_METADATA_KEYS
 from rag_core.manifest import FileFingerprint
 
@@ -27,6 +28,8 @@ class SourceFile:
     absolute: Path
     size: int
     sha256: str
+    # SHA-256 of the sidecar's bytes and the document's access (tenant, groups): a change to either
+    # re-indexes the document, even when the access comes from an ingest.access rule.
     sidecar_sha256: str = ""
     metadata: dict[str, Any] = field(default_factory=dict)
 
@@ -64,7 +67,7 @@ def _validate_sidecar(raw: Any) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise ValueError("must be a JSON object")
     for key, value in raw.items():
-        if key in RESERVED_METADATA_KEYS:
+        if key in RESERVED_METADATA_KEYS or key.startswith(RESERVED_PREFIX):
             raise ValueError(f"key {key!r} is reserved")
         scalars = (str, int, float, bool)
         if isinstance(value, list):
@@ -75,12 +78,18 @@ def _validate_sidecar(raw: Any) -> dict[str, Any]:
     return raw
 
 
+def access_fingerprint(sidecar_sha256: str, access: Access) -> str:
+    return hashlib.sha256(f"{sidecar_sha256}|{access.scope_key}".encode()).hexdigest()
+
+
 class SourceScanner:
     """Walks a folder without following links out of it and fingerprints each document."""
 
-    def __init__(self, extensions: Iterable[str], max_file_bytes: int):
+    def __init__(self, extensions: Iterable[str], max_file_bytes: int, access_rules: Iterable[Any] = (), default_tenant: str = "default"):
         self.extensions = {e.lower() for e in extensions}
         self.max_file_bytes = max_file_bytes
+        self.access_rules = list(access_rules)
+        self.default_tenant = default_tenant
 
     def scan(self, source: Path) -> ScanResult:
         if not source.is_dir():
@@ -138,4 +147,12 @@ class SourceScanner:
             except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
                 result.failed.append(SkippedFile(relative, f"invalid sidecar {sidecar.name}: {exc}"))
                 return
+        try:
+            access = document_access(relative, metadata, self.access_rules, self.default_tenant)
+        except AccessError as exc:
+            result.failed.append(SkippedFile(relative, f"invalid access in {sidecar.name}: {exc}"))
+            return
+        metadata = {k: v for k, v in metadata.items() if k not in ("tenant", "groups")}
+        metadata.update(access.chunk_metadata())
+        sidecar_sha = access_fingerprint(sidecar_sha, access)
         result.files.append(SourceFile(relative, path, size, sha, sidecar_sha, metadata))

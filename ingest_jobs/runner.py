@@ -72,7 +72,8 @@ class IngestRun:
     def run(self) -> IngestSummary:
         started = time.monotonic()
         started_at = utc_now()
-        scanner = SourceScanner(self.settings.ingest.extensions, int(self.settings.ingest.max_file_mb * 2**20))
+        ingest = self.settings.ingest
+        scanner = SourceScanner(ingest.extensions, int(ingest.max_file_mb * 2**20), ingest.access, ingest.default_tenant)
         scan = scanner.scan(self.source)  # raises SourceNotFound before anything is locked or written
         with self.index.lock(self.settings.ingest.lock_timeout_s, holder=f"ingest by {self.actor}"):
             try:

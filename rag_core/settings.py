@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from rag_core.access import NAME_PATTERN, valid_name
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -44,6 +45,33 @@ class ChunkingSettings(BaseModel):
         return self
 
 
+class AccessRule(BaseModel):
+    """Documents under `prefix` (a folder relative to --source) belong to `tenant` and `groups`."""
+
+    model_config = ConfigDict(extra="forbid")
+    prefix: str = Field(..., description="Folder relative to the source, e.g. 'hr/'; '' matches everything.")
+    tenant: str = Field(..., pattern=NAME_PATTERN)
+    groups: list[str] = Field(default_factory=list)
+
+    @field_validator("groups")
+    @classmethod
+    def _group_names(cls, value: list[str]) -> list[str]:
+        for group in value:
+            valid_name(group, "group")
+        return value
+
+
+class PIISettings(BaseModel):
+    mode: Literal["redact", "mask", "off"] = Field(
+        "redact", description="redact: replace with <TYPE>; mask: keep the last 4 characters; off: keep the text."
+    )
+    entities: list[str] = Field(
+        default_factory=lambda: ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS", "PERSON"],
+        description="Presidio entity types to detect.",
+    )
+    score_threshold: float = Field(0.5, ge=0, le=1, description="Presidio confidence needed to redact.")
+
+
 class IngestSettings(BaseModel):
     model_config = ConfigDict(validate_default=True)
 
@@ -65,6 +93,9 @@ class IngestSettings(BaseModel):
     keep_versions: int = Field(5, ge=1, description="Committed versions kept for rollback.")
     lock_timeout_s: float = Field(0.0, ge=0, description="How long a second run waits for the lock.")
     progress_interval_s: float = Field(10.0, gt=0)
+    default_tenant: str = Field("default", pattern=NAME_PATTERN, description="Tenant of documents no rule or sidecar assigns.")
+    access: list[AccessRule] = Field(default_factory=list, description="Folder prefix -> tenant and groups; first match wins.")
+    pii: PIISettings = Field(default_factory=PIISettings)
 
     @field_validator("extensions")
     @classmethod
@@ -122,6 +153,39 @@ class APISettings(BaseModel):
     log_questions: bool = Field(False, description="Put question text in logs.")
 
 
+class APIKeySettings(BaseModel):
+    """One API key, stored as the SHA-256 of the key (`python -m serve_app.keys new` makes both)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = Field(..., min_length=1, max_length=64, description="Shown in logs; never the key itself.")
+    sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the key.")
+    tenant: str = Field(..., pattern=NAME_PATTERN)
+    groups: list[str] = Field(default_factory=list)
+    rate_per_minute: float | None = Field(None, gt=0, description="Default: auth.rate_per_minute.")
+    burst: int | None = Field(None, ge=1, description="Default: auth.burst.")
+    admin: bool = Field(False, description="May call /admin routes (cache purge).")
+
+    @field_validator("groups")
+    @classmethod
+    def _group_names(cls, value: list[str]) -> list[str]:
+        for group in value:
+            valid_name(group, "group")
+        return value
+
+
+class AuthSettings(BaseModel):
+    enabled: bool = Field(True, description="false = no keys asked (only for trusted networks).")
+    keys: list[APIKeySettings] = Field(default_factory=list)
+    anonymous_tenant: str = Field(
+        "default", pattern=NAME_PATTERN,
+        description="Tenant of callers without a key: the loopback demo without keys, or auth disabled.",
+    )
+    rate_per_minute: float = Field(120.0, gt=0, description="Token-bucket refill per key.")
+    burst: int = Field(20, ge=1, description="Token-bucket size per key.")
+    rate_limit_enabled: bool = True
+    rate_limit_prefix: str = Field("rag:ratelimit", min_length=1, description="Redis key namespace of the buckets.")
+
+
 class CacheSettings(BaseModel):
     enabled: bool = Field(True, description="Answer repeated questions from the cache.")
     ttl_s: int = Field(3600, ge=1, description="Lifetime of a cached answer (old versions' entries expire with it).")
@@ -132,9 +196,14 @@ class CacheSettings(BaseModel):
     semantic_max_entries: int = Field(256, ge=1, le=10_000, description="Cached questions compared per scope, newest first.")
     key_prefix: str = Field("rag:cache", min_length=1, description="Namespace of every Redis key.")
     local_max_entries: int = Field(2048, ge=1, description="In-process cache size per ingress replica (no Redis).")
-    redis_pool_size: int = Field(16, ge=1, description="Connections per ingress replica.")
-    redis_socket_timeout_s: float = Field(0.05, gt=0, description="Connect and read timeout; Redis slower than this is skipped.")
-    redis_retry_after_s: float = Field(1.0, ge=0, description="After a Redis failure, skip it this long, then reconnect.")
+
+
+class RedisSettings(BaseModel):
+    """The ingress replicas' Redis pool (answer cache and rate limits), used when redis_url is set."""
+
+    pool_size: int = Field(16, ge=1, description="Connections per ingress replica.")
+    socket_timeout_s: float = Field(0.05, gt=0, description="Connect and read timeout; a slower Redis is skipped.")
+    retry_after_s: float = Field(1.0, ge=0, description="After a Redis failure, skip it this long, then reconnect.")
 
 
 class RAGSettings(BaseSettings):
@@ -175,6 +244,8 @@ class RAGSettings(BaseSettings):
     generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
     api: APISettings = Field(default_factory=APISettings)
     cache: CacheSettings = Field(default_factory=CacheSettings)
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     @field_validator("index_dir")
     @classmethod

@@ -8,15 +8,26 @@ import re
 import uuid
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Query, Request, Security
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from serve_app.auth import AuthError, Authenticator, Caller
 from serve_app.filters import FilterError
-from serve_app.schemas import ErrorResponse, HealthResponse, QueryRequest, QueryResponse, RetrieveRequest, RetrieveResponse
+from serve_app.rate_limit import Decision, RateLimiter
+from serve_app.schemas import (
+    CachePurgeResponse,
+    ErrorResponse,
+    HealthResponse,
+    QueryRequest,
+    QueryResponse,
+    RetrieveRequest,
+    RetrieveResponse,
+)
 from serve_app.service import ServiceUnavailable
 
 log = logging.getLogger("serve_app.api")
@@ -24,10 +35,38 @@ log = logging.getLogger("serve_app.api")
 REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorResponse, "description": "Missing or invalid API key"},
     413: {"model": ErrorResponse, "description": "Body over the size limit"},
     422: {"model": ErrorResponse, "description": "Invalid request"},
+    429: {"model": ErrorResponse, "description": "Rate limit of this key exceeded (see Retry-After)"},
     503: {"model": ErrorResponse, "description": "No index yet, or overloaded (see Retry-After)"},
 }
+_BEARER = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
+_API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key, as an alternative to the bearer header.")
+
+
+class RateLimited(Exception):
+    def __init__(self, decision: Decision):
+        self.decision = decision
+
+
+class Forbidden(Exception):
+    pass
+
+
+async def authorize(request: Request, bearer: HTTPAuthorizationCredentials | None = Security(_BEARER),
+                    api_key: str | None = Security(_API_KEY)) -> Caller:
+    """The caller behind the request's API key, within its rate limit (else 401 / 429)."""
+    state = request.app.state
+    caller = state.authenticator.authenticate(f"Bearer {bearer.credentials}" if bearer else None, api_key)
+    if state.rate_limits_enabled:
+        client = request.client.host if request.client else "unknown"
+        bucket = f"anonymous:{client}" if caller.anonymous else f"key:{caller.name}"
+        decision = await state.rate_limiter.check(bucket, caller.rate_per_minute, caller.burst)
+        if not decision.allowed:
+            raise RateLimited(decision)
+    request.state.caller = caller
+    return caller
 
 
 class _BodyTooLarge(Exception):
@@ -94,6 +133,16 @@ def _error(request: Request, status: int, message: str, detail: Any = None, head
     return JSONResponse(jsonable_encoder(body), status_code=status, headers=headers)
 
 
+def install_security(app: FastAPI, settings: Any, rate_limiter: RateLimiter, host: str) -> None:
+    """API keys and rate limits from the settings; refuses (InsecureConfiguration) to serve a
+    non-loopback `host` without keys unless auth is explicitly disabled."""
+    authenticator = Authenticator(settings.auth)
+    authenticator.check_exposure(host)
+    app.state.authenticator = authenticator
+    app.state.rate_limiter = rate_limiter
+    app.state.rate_limits_enabled = settings.auth.rate_limit_enabled
+
+
 def install_limits(app: FastAPI, api_settings: Any) -> None:
     """Body size limit and CORS from the settings; call before the app serves its first request."""
     if api_settings.cors_origins:
@@ -136,6 +185,18 @@ def create_app(echo_request_id: bool = True) -> FastAPI:
     async def refused_filter(request: Request, exc: FilterError) -> JSONResponse:
         return _error(request, 422, "invalid request", [{"loc": ["body", "filters"], "msg": str(exc), "type": "value_error"}])
 
+    @app.exception_handler(AuthError)
+    async def unauthorized(request: Request, exc: AuthError) -> JSONResponse:
+        return _error(request, 401, str(exc), headers={"WWW-Authenticate": "Bearer"})
+
+    @app.exception_handler(Forbidden)
+    async def forbidden(request: Request, exc: Forbidden) -> JSONResponse:
+        return _error(request, 403, str(exc))
+
+    @app.exception_handler(RateLimited)
+    async def rate_limited(request: Request, exc: RateLimited) -> JSONResponse:
+        return _error(request, 429, "rate limit exceeded for this API key", headers={"Retry-After": exc.decision.retry_after_header})
+
     @app.exception_handler(ServiceUnavailable)
     async def unavailable(request: Request, exc: ServiceUnavailable) -> JSONResponse:
         return _error(request, 503, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
@@ -146,11 +207,11 @@ def create_app(echo_request_id: bool = True) -> FastAPI:
         return _error(request, 500, "internal error")
 
     @app.post("/v1/query", response_model=QueryResponse, responses={**_ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}}}})
-    async def query(body: QueryRequest, request: Request) -> Any:
+    async def query(body: QueryRequest, request: Request, caller: Caller = Security(authorize)) -> Any:
         """Answer a question from the index, citing sources. `stream: true` returns server-sent events."""
         service = request.app.state.service
         if body.stream:
-            events = service.query_events(body, request.state.request_id)
+            events = service.query_events(body, request.state.request_id, caller.access)
             first = await anext(events)  # retrieval errors become proper HTTP errors, not a broken stream
 
             async def relay() -> Any:
@@ -159,12 +220,21 @@ def create_app(echo_request_id: bool = True) -> FastAPI:
                     yield event
 
             return StreamingResponse(relay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        return await service.query(body, request.state.request_id)
+        return await service.query(body, request.state.request_id, caller.access)
 
     @app.post("/v1/retrieve", response_model=RetrieveResponse, responses=_ERROR_RESPONSES)
-    async def retrieve(body: RetrieveRequest, request: Request) -> RetrieveResponse:
+    async def retrieve(body: RetrieveRequest, request: Request, caller: Caller = Security(authorize)) -> RetrieveResponse:
         """Search without generation, best first."""
-        return await request.app.state.service.retrieve(body)
+        return await request.app.state.service.retrieve(body, caller.access)
+
+    @app.post("/admin/cache/purge", response_model=CachePurgeResponse, responses={**_ERROR_RESPONSES, 403: {"model": ErrorResponse}})
+    async def purge_cache(request: Request, version: str | None = Query(None, pattern=r"^v[0-9]{6}$", description="Only this index version's answers."),
+                          caller: Caller = Security(authorize)) -> CachePurgeResponse:
+        """Delete cached answers (all, or one index version's). Needs an admin key."""
+        if not caller.admin:
+            raise Forbidden("this API key may not administer the cache")
+        removed = await request.app.state.service.purge_cache(version)
+        return CachePurgeResponse(purged_keys=removed, version=version)
 
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health(request: Request) -> Any:

@@ -21,13 +21,10 @@ Redis layout (all under `key_prefix`, so tests and tenants of one Redis can use 
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
-import logging
 import re
 import struct
-import time
 import unicodedata
 from collections import Counter, deque
 from dataclasses import dataclass, replace
@@ -36,7 +33,7 @@ from typing import Any, Literal, Protocol
 
 import numpy as np
 
-log = logging.getLogger("serve_app.cache")
+from serve_app.redis_conn import FailFastRedis, RedisUnavailable
 
 KEY_SCHEMA = "2"  # bump when the cached response or entry format changes
 _SPACES = re.compile(r"\s+")
@@ -150,56 +147,18 @@ class CacheStore(Protocol):
 
 
 class RedisCacheStore:
-    """redis-py asyncio over one bounded connection pool per replica; every failure (down, slow,
-    full pool) raises CacheUnavailable fast and pauses Redis use for `retry_after_s`, after which
-    the next request reconnects by itself."""
+    """The shared cache: every store failure raises CacheUnavailable fast (see FailFastRedis)."""
 
     backend = "redis"
 
-    def __init__(self, url: str, pool_size: int = 16, socket_timeout_s: float = 0.05, retry_after_s: float = 1.0):
-        self.url = url
-        self.pool_size = pool_size
-        self.socket_timeout_s = socket_timeout_s
-        self.retry_after_s = retry_after_s
-        self.connected: bool | None = None  # None until the first call
-        self._skip_until = 0.0
-        self._client: Any = None
-        self._loop: asyncio.AbstractEventLoop | None = None
-
-    def _redis(self) -> Any:
-        # Connections belong to an event loop; Serve replicas and test clients may use another one.
-        loop = asyncio.get_running_loop()
-        if self._client is None or self._loop is not loop:
-            import redis.asyncio as redis
-            from redis.asyncio.retry import Retry
-            from redis.backoff import NoBackoff
-
-            pool = redis.BlockingConnectionPool.from_url(
-                self.url, max_connections=self.pool_size, timeout=self.socket_timeout_s,
-                socket_timeout=self.socket_timeout_s, socket_connect_timeout=self.socket_timeout_s,
-            )
-            # No retries: a slow or absent Redis must cost one timeout, not several with backoff.
-            self._client = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
-            self._loop = loop
-        return self._client
+    def __init__(self, redis: FailFastRedis):
+        self.redis = redis
 
     async def _call(self, operation: Any) -> Any:
-        from redis.exceptions import RedisError
-
-        if time.monotonic() < self._skip_until:
-            raise CacheUnavailable("paused after a recent failure")
         try:
-            result = await operation(self._redis())
-        except (RedisError, OSError, asyncio.TimeoutError) as exc:
-            self._skip_until = time.monotonic() + self.retry_after_s
-            if self.connected is not False:
-                log.warning("cache unavailable: answering uncached", extra={"fields": {"error": f"{type(exc).__name__}: {exc}"[:300]}})
-            self.connected = False
+            return await self.redis.call(operation)
+        except RedisUnavailable as exc:
             raise CacheUnavailable(str(exc)) from None
-        if self.connected is False:
-            log.info("cache reconnected")
-        self.connected = True
-        return result
 
     async def get(self, key: str) -> bytes | None:
         return await self._call(lambda r: r.get(key))
@@ -220,10 +179,7 @@ class RedisCacheStore:
         return await self._call(lambda r: r.lrange(list_key, 0, limit - 1))
 
     async def ping(self) -> bool:
-        try:
-            return bool(await self._call(lambda r: r.ping()))
-        except CacheUnavailable:
-            return False
+        return await self.redis.ping()
 
     async def purge(self, pattern: str) -> int:
         async def delete(r: Any) -> int:
@@ -239,11 +195,6 @@ class RedisCacheStore:
             return removed
 
         return await self._call(delete)
-
-    async def close(self) -> None:
-        if self._client is not None:
-            await self._client.aclose()
-            self._client = None
 
 
 class LocalCacheStore:
@@ -298,11 +249,12 @@ class AnswerCache:
         self.key_prefix = key_prefix
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "AnswerCache":
+    def from_settings(cls, settings: Any, redis: FailFastRedis | None = None) -> "AnswerCache":
+        """Redis when `redis` is given (the replica's shared pool), else the in-process store."""
         config = settings.cache
         store: CacheStore
-        if settings.redis_url:
-            store = RedisCacheStore(settings.redis_url, config.redis_pool_size, config.redis_socket_timeout_s, config.redis_retry_after_s)
+        if redis is not None:
+            store = RedisCacheStore(redis)
         else:
             store = LocalCacheStore(config.local_max_entries, config.ttl_s)
         return cls(store, config.ttl_s, config.semantic, config.semantic_threshold, config.semantic_max_entries, config.key_prefix)

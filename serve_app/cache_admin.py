@@ -16,6 +16,7 @@ import sys
 
 from rag_core.settings import load_settings
 from serve_app.cache import AnswerCache, CacheUnavailable, RedisCacheStore
+from serve_app.redis_conn import FailFastRedis
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,14 +30,15 @@ def main(argv: list[str] | None = None) -> int:
         print("redis_url is not set: the cache is in-process per replica; restart the app to clear it", file=sys.stderr)
         return 2
     # An operator command may wait longer than a request would.
-    store = RedisCacheStore(settings.redis_url, pool_size=1, socket_timeout_s=5.0, retry_after_s=0)
+    redis = FailFastRedis(settings.redis_url, pool_size=1, socket_timeout_s=5.0, retry_after_s=0)
+    store = RedisCacheStore(redis)
     cache = AnswerCache(store, key_prefix=settings.cache.key_prefix)
 
     async def purge() -> int:
         try:
             return await cache.purge(args.version)
         finally:
-            await store.close()
+            await redis.close()
 
     try:
         removed = asyncio.run(purge())

@@ -18,8 +18,10 @@ from rag_core.index_reader import RetrievedChunk
 from rag_core.index_store import VersionedIndex
 from rag_core.logs import configure_json_logging
 from rag_core.settings import RAGSettings
-from serve_app.api import create_app, install_limits
+from serve_app.api import create_app, install_limits, install_security
 from serve_app.cache import AnswerCache
+from serve_app.rate_limit import RateLimiter
+from serve_app.redis_conn import redis_from_settings
 from serve_app.embedder import QueryEmbedder
 from serve_app.generation import Answer, AnswerGenerator
 from serve_app.reranking import Reranker
@@ -74,8 +76,9 @@ class RetrieverDeployment:
             time.sleep(self._interval)
             self.retriever.maybe_reload()
 
-    async def retrieve(self, query: str, vector: list[float] | None, model: str | None, top_k: int, where: dict | None, mode: str, mmr: bool | None) -> tuple[list[RetrievedChunk], str]:
-        chunks, info = await asyncio.to_thread(self.retriever.retrieve, query, vector, top_k, where, mode, mmr, model)
+    async def retrieve(self, query: str, vector: list[float] | None, model: str | None, top_k: int, where: dict | None, mode: str, mmr: bool | None,
+                       access: dict | None) -> tuple[list[RetrievedChunk], str]:
+        chunks, info = await asyncio.to_thread(self.retriever.retrieve, query, vector, top_k, where, mode, mmr, model, access)
         return chunks, info.version
 
     def status(self) -> dict[str, Any]:
@@ -137,10 +140,11 @@ class ServeStages:
     async def embed(self, text: str) -> tuple[list[float], str]:
         return await self._call(self.embedder.embed.remote(text))
 
-    async def retrieve(self, query: str, vector: list[float] | None, model: str | None, top_k: int, where: dict | None, mode: str, mmr: bool | None) -> tuple[list[RetrievedChunk], str]:
+    async def retrieve(self, query: str, vector: list[float] | None, model: str | None, top_k: int, where: dict | None, mode: str, mmr: bool | None,
+                       access: dict | None) -> tuple[list[RetrievedChunk], str]:
         for attempt in range(2):
             try:
-                return await self._call(self.retriever.retrieve.remote(query, vector, model, top_k, where, mode, mmr))
+                return await self._call(self.retriever.retrieve.remote(query, vector, model, top_k, where, mode, mmr, access))
             except ModelMismatch as exc:  # the index switched models between our embed and search
                 if attempt or vector is None:
                     raise ServiceUnavailable(f"index is switching embedding models: {exc}") from None
@@ -177,12 +181,26 @@ class Ingress:
     def __init__(self, embedder: Any, retriever: Any, reranker: Any, generator: Any, settings: RAGSettings):
         configure_json_logging()
         self.settings = settings
+        redis = redis_from_settings(settings)  # one pool per replica: cache and rate limits
         self.service = QueryService(ServeStages(embedder, retriever, reranker, generator), settings,
-                                    cache=AnswerCache.from_settings(settings) if settings.cache.enabled else None,
+                                    cache=AnswerCache.from_settings(settings, redis) if settings.cache.enabled else None,
                                     index_version=VersionedIndex.from_settings(settings).current_version)
+        self.rate_limiter = RateLimiter(redis, settings.auth.rate_limit_prefix)
 
     def __serve_build_asgi_app__(self) -> Any:
         app = create_app(echo_request_id=False)  # Serve's proxy echoes X-Request-ID itself
         install_limits(app, self.settings.api)
+        install_security(app, self.settings, self.rate_limiter, _serve_http_host(self.settings))
         app.state.service = self.service
         return app
+
+
+def _serve_http_host(settings: RAGSettings) -> str:
+    """The address Serve's HTTP proxies listen on (http_options.host in serve.yaml)."""
+    try:
+        from ray.serve.context import _get_global_client
+
+        return _get_global_client().http_config.host
+    except Exception as exc:  # a private API: if it moves, fall back to the settings' host
+        log.warning("cannot read Serve's HTTP host; using api.host", extra={"fields": {"error": str(exc)[:200]}})
+        return settings.api.host

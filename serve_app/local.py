@@ -15,8 +15,10 @@ from rag_core.index_reader import RetrievedChunk
 from rag_core.index_store import VersionedIndex
 from rag_core.logs import configure_json_logging
 from rag_core.settings import RAGSettings, load_settings
-from serve_app.api import create_app, install_limits
+from serve_app.api import create_app, install_limits, install_security
 from serve_app.cache import AnswerCache
+from serve_app.rate_limit import RateLimiter
+from serve_app.redis_conn import redis_from_settings
 from serve_app.embedder import QueryEmbedder
 from serve_app.generation import Answer, AnswerGenerator
 from serve_app.reranking import Reranker
@@ -48,9 +50,10 @@ class LocalStages:
             raise ServiceUnavailable(f"index not available: {exc}", retry_after_s=5) from None
         return vectors[0].tolist(), model
 
-    async def retrieve(self, query: str, vector: list[float] | None, model: str | None, top_k: int, where: dict | None, mode: str, mmr: bool | None) -> tuple[list[RetrievedChunk], str]:
+    async def retrieve(self, query: str, vector: list[float] | None, model: str | None, top_k: int, where: dict | None, mode: str, mmr: bool | None,
+                       access: dict | None) -> tuple[list[RetrievedChunk], str]:
         try:
-            chunks, info = await asyncio.to_thread(self.retriever.retrieve, query, vector, top_k, where, mode, mmr, model)
+            chunks, info = await asyncio.to_thread(self.retriever.retrieve, query, vector, top_k, where, mode, mmr, model, access)
         except IndexUnavailable as exc:
             raise ServiceUnavailable(f"index not available: {exc}", retry_after_s=5) from None
         return chunks, info.version
@@ -78,8 +81,10 @@ def create_local_app(settings: RAGSettings, torch_threads: int | None = None) ->
     started = time.monotonic()
     app = create_app()
     install_limits(app, settings.api)
+    redis = redis_from_settings(settings)
+    install_security(app, settings, RateLimiter(redis, settings.auth.rate_limit_prefix), settings.api.host)
     service = QueryService(LocalStages(settings, torch_threads), settings,
-                           cache=AnswerCache.from_settings(settings) if settings.cache.enabled else None,
+                           cache=AnswerCache.from_settings(settings, redis) if settings.cache.enabled else None,
                            index_version=VersionedIndex.from_settings(settings).current_version)
     service.startup_time_seconds = time.monotonic() - started
     app.state.service = service

@@ -21,6 +21,7 @@ import bm25s
 import numpy as np
 
 from rag_core.index_reader import RetrievedChunk
+from rag_core.access import combine
 from rag_core.index_store import VersionedIndex, VersionInfo, chroma_metadata, read_parquet_version
 from serve_app.filters import FilterError, matches
 
@@ -200,7 +201,11 @@ class HybridRetriever:
         mode: RetrievalMode | None = None,
         mmr: bool | None = None,
         model_name: str | None = None,
+        access: dict[str, Any] | None = None,
     ) -> tuple[list[RetrievedChunk], VersionInfo]:
+        """`access` is the caller's read filter (rag_core.access): ANDed with `where`, so a
+        client filter can only narrow what the caller may read."""
+        where = combine(access, where)
         snapshot = self._snapshot
         if snapshot is None or snapshot.chunk_count == 0:
             raise IndexUnavailable(self.last_error or "the index is empty")

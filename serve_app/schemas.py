@@ -102,3 +102,8 @@ class ErrorResponse(BaseModel):
     error: str
     detail: Any = None
     request_id: str | None = None
+
+
+class CachePurgeResponse(BaseModel):
+    purged_keys: int = Field(..., description="Redis keys (or in-process entries of this replica) deleted.")
+    version: str | None = None

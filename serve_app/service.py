@@ -12,8 +12,9 @@ import time
 from dataclasses import dataclass
 from typing import Any, AsyncIterator, Callable, Protocol
 
+from rag_core.access import Access
 from rag_core.index_reader import RetrievedChunk
-from serve_app.cache import AnswerCache, CacheHit, CacheScope, pipeline_identity, scope_for_version
+from serve_app.cache import AnswerCache, CacheHit, CacheScope, CacheUnavailable, pipeline_identity, scope_for_version
 from serve_app.generation import MODE_DEGRADED, Answer
 from serve_app.schemas import HealthResponse, QueryRequest, QueryResponse, RetrieveRequest, RetrieveResponse, Source
 
@@ -46,12 +47,12 @@ class CacheLookup:
 
 # Set on a response by the request that produced it, never taken from the cache.
 _PER_REQUEST_FIELDS = {"request_id", "latency_ms", "cached", "cache"}
-PUBLIC_ACCESS = "public"
 
 
 class Stages(Protocol):
     async def embed(self, text: str) -> tuple[list[float], str]: ...
-    async def retrieve(self, query: str, vector: list[float] | None, model: str | None, top_k: int, where: dict | None, mode: str, mmr: bool | None) -> tuple[list[RetrievedChunk], str]: ...
+    async def retrieve(self, query: str, vector: list[float] | None, model: str | None, top_k: int, where: dict | None, mode: str, mmr: bool | None,
+                       access: dict | None) -> tuple[list[RetrievedChunk], str]: ...
     async def rerank(self, query: str, chunks: list[RetrievedChunk], top_k: int) -> tuple[list[RetrievedChunk], str]: ...
     async def answer(self, question: str, chunks: list[RetrievedChunk]) -> Answer: ...
     def answer_stream(self, question: str, chunks: list[RetrievedChunk]) -> AsyncIterator[dict[str, Any]]: ...
@@ -74,7 +75,7 @@ class QueryService:
         self.pipeline = pipeline_identity(settings)
         self.startup_time_seconds: float | None = None
 
-    async def _retrieve(self, text: str, top_k: int, where: dict | None, mode: str | None, rerank: bool | None, mmr: bool | None,
+    async def _retrieve(self, access: Access, text: str, top_k: int, where: dict | None, mode: str | None, rerank: bool | None, mmr: bool | None,
                         embedding: tuple[list[float], str] | None = None) -> Retrieved:
         mode = mode or self.settings.retrieval.mode
         rerank = self.settings.rerank.enabled if rerank is None else rerank
@@ -82,28 +83,28 @@ class QueryService:
         vector, model = (None, None)
         if mode != "lexical":
             vector, model = embedding or await self.stages.embed(text)
-        chunks, version = await self.stages.retrieve(text, vector, model, candidates, where, mode, mmr)
+        chunks, version = await self.stages.retrieve(text, vector, model, candidates, where, mode, mmr, access.read_filter())
         reranker = None
         if rerank and chunks:
             chunks, reranker = await self.stages.rerank(text, chunks, top_k)
         return Retrieved(chunks[:top_k], version, reranker)
 
-    async def retrieve(self, request: RetrieveRequest) -> RetrieveResponse:
+    async def retrieve(self, request: RetrieveRequest, access: Access) -> RetrieveResponse:
         started = time.perf_counter()
-        got = await self._retrieve(request.query, request.top_k, request.filters, request.mode, request.rerank, request.mmr)
+        got = await self._retrieve(access, request.query, request.top_k, request.filters, request.mode, request.rerank, request.mmr)
         return RetrieveResponse(
             results=to_sources(got.chunks), index_version=got.index_version, reranker=got.reranker,
             mode=request.mode or self.settings.retrieval.mode, latency_ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
-    async def _check_cache(self, request: QueryRequest, access: str) -> CacheLookup:
+    async def _check_cache(self, request: QueryRequest, access: Access) -> CacheLookup:
         """Exact lookup before any downstream call; on a miss, the query is embedded once, for the
         semantic lookup and then for retrieval."""
         version = self.index_version() if self.cache and self.index_version else None
         if version is None:  # no cache, or no index yet (retrieval will say so)
             return CacheLookup(None)
         assert self.cache is not None
-        lookup = CacheLookup(CacheScope(version, request.filters, request.top_k, self.pipeline, access))
+        lookup = CacheLookup(CacheScope(version, request.filters, request.top_k, self.pipeline, access.scope_key))
         if request.use_cache:
             lookup.hit = await self.cache.lookup_exact(lookup.scope, request.question)
             if lookup.hit:
@@ -127,20 +128,20 @@ class QueryService:
         return QueryResponse(**hit.response, cached=True, cache=hit.kind, request_id=request_id,
                              latency_ms=round((time.perf_counter() - started) * 1000, 2))
 
-    async def query(self, request: QueryRequest, request_id: str, access: str = PUBLIC_ACCESS) -> QueryResponse:
+    async def query(self, request: QueryRequest, request_id: str, access: Access) -> QueryResponse:
         started = time.perf_counter()
         lookup = await self._check_cache(request, access)
         if lookup.hit:
             response = self._cached(lookup.hit, request_id, started)
         else:
-            got = await self._retrieve(request.question, request.top_k, request.filters, None, None, None, lookup.embedding)
+            got = await self._retrieve(access, request.question, request.top_k, request.filters, None, None, None, lookup.embedding)
             answer = await self.stages.answer(request.question, got.chunks)
             response = self._response(request, request_id, got, answer, started)
             await self._remember(lookup, request, response)
         self._log(request, response)
         return response
 
-    async def query_events(self, request: QueryRequest, request_id: str, access: str = PUBLIC_ACCESS) -> AsyncIterator[str]:
+    async def query_events(self, request: QueryRequest, request_id: str, access: Access) -> AsyncIterator[str]:
         """Server-sent events: `token` events with answer text, then one `done` event (the full response).
         A cached answer is streamed the same way: its text as one token event, then `done`."""
         started = time.perf_counter()
@@ -151,7 +152,7 @@ class QueryService:
             self._log(request, response)
             yield f"event: done\ndata: {response.model_dump_json()}\n\n"
             return
-        got = await self._retrieve(request.question, request.top_k, request.filters, None, None, None, lookup.embedding)
+        got = await self._retrieve(access, request.question, request.top_k, request.filters, None, None, None, lookup.embedding)
         async for event in self.stages.answer_stream(request.question, got.chunks):
             if "token" in event:
                 yield f"event: token\ndata: {json.dumps({'text': event['token']})}\n\n"
@@ -164,7 +165,10 @@ class QueryService:
     async def purge_cache(self, index_version: str | None = None) -> int:
         if self.cache is None:
             return 0
-        return await self.cache.purge(index_version)
+        try:
+            return await self.cache.purge(index_version)
+        except CacheUnavailable as exc:
+            raise ServiceUnavailable(f"cache not reachable: {exc}", retry_after_s=5) from None
 
     def _response(self, request: QueryRequest, request_id: str, got: Retrieved, answer: Answer, started: float) -> QueryResponse:
         return QueryResponse(

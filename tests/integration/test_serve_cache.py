@@ -79,7 +79,8 @@ def test_redis_stopped_mid_run_fails_no_request_and_reconnects(tmp_path, ray_clu
     redis_server = PrivateRedis(tmp_path).start()
     index_dir = tmp_path / "index"
     assert run_ingest(index_dir, ray_cluster, "--source", str(SAMPLES_DIR)).returncode == 0
-    base = deploy_app("cachefail", index_dir=index_dir, redis_url=redis_server.url, cache={"redis_retry_after_s": 0.5})
+    base = deploy_app("cachefail", index_dir=index_dir, redis_url=redis_server.url, redis={"retry_after_s": 0.5},
+                      auth={"rate_limit_enabled": False})
     wait_for(f"{base}/health")
     questions = [QUESTION, "What is the hotel limit in London?", "Who do I page for a production outage?",
                  "How long must passwords be?", "When are expense reports due?"]

@@ -6,12 +6,15 @@ import json
 
 import pyarrow as pa
 
+from rag_core.access import Access
 from rag_core.embedding import EmbeddingModel
 from rag_core.index_store import VersionedIndex, VersionInfo, chunk_schema, manifest_from_rows
 
 
 def build_version(index: VersionedIndex, model: EmbeddingModel, corpus: list[tuple], make_current: bool = True) -> VersionInfo:
-    """Commit `corpus` ((file, page, text, metadata) tuples) as a new version of `index`."""
+    """Commit `corpus` ((file, page, text, metadata) tuples) as a new version of `index`. A chunk's
+    `tenant` and `groups` metadata become its access fields, as the ingest job writes them
+    (default: tenant "default", no groups)."""
     builder = index.begin(model.spec, {"chunk_size": 512, "chunk_overlap": 64}, index.current_version())
     vectors = model.embed_documents([text for _, _, text, _ in corpus]) if corpus else []
     rows, counts = [], {}
@@ -22,7 +25,7 @@ def build_version(index: VersionedIndex, model: EmbeddingModel, corpus: list[tup
                 "chunk_id": f"{file}#{n}", "file": file, "page": page, "chunk_index": n, "char_start": 0,
                 "char_end": len(text), "text": text, "file_sha256": f"sha-{file}", "sidecar_sha256": "",
                 "file_size": 1000, "ingested_at": "2024-06-01T12:00:00+00:00", "index_version": builder.version,
-                "metadata": json.dumps(metadata), "embedding": vector.tolist(),
+                "metadata": json.dumps(with_access(metadata)), "embedding": vector.tolist(),
             }
         )
     table = pa.Table.from_pylist(rows, schema=chunk_schema(model.spec.dimension))
@@ -31,3 +34,8 @@ def build_version(index: VersionedIndex, model: EmbeddingModel, corpus: list[tup
     if make_current:
         index.set_current(info.version)
     return info
+
+
+def with_access(metadata: dict) -> dict:
+    rest = {k: v for k, v in metadata.items() if k not in ("tenant", "groups")}
+    return {**rest, **Access.of(metadata.get("tenant", "default"), metadata.get("groups", [])).chunk_metadata()}

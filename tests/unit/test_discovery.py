@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from ingest_jobs.discovery import ScanResult, SourceFile, SourceNotFound, SourceScanner
+from ingest_jobs.discovery import ScanResult, SourceFile, SourceNotFound, SourceScanner, access_fingerprint
+from rag_core.access import Access
 from rag_core.manifest import FileFingerprint
+from rag_core.settings import AccessRule
 
+DEFAULT_ACCESS = Access.of("default")
 EXTENSIONS = [".pdf", ".txt", ".md"]
 
 
@@ -58,8 +61,9 @@ def test_supported_files_are_found_with_posix_paths_and_hashes(source: Path) -> 
         assert item.sha256 == hashlib.sha256(data).hexdigest()
         assert item.size == len(data)
         assert item.absolute == (source / relative).resolve()
-        assert item.sidecar_sha256 == "" and item.metadata == {}
-        assert item.fingerprint == FileFingerprint(item.sha256, "")
+        assert item.metadata == DEFAULT_ACCESS.chunk_metadata()  # no sidecar: the default tenant, open
+        assert item.sidecar_sha256 == access_fingerprint("", DEFAULT_ACCESS)
+        assert item.fingerprint == FileFingerprint(item.sha256, item.sidecar_sha256)
     assert result.failed == [] and result.ignored == []
     assert result.files_seen == len(contents)
 
@@ -140,12 +144,42 @@ def test_valid_sidecar_sets_metadata_and_its_hash(source: Path) -> None:
     result = scan(source)
 
     report = found(result)["report.pdf"]
-    assert report.metadata == {"department": "legal", "year": 2024, "draft": False, "score": 0.5, "tags": ["a", "b"]}
-    assert report.sidecar_sha256 == hashlib.sha256(sidecar_bytes).hexdigest()
+    assert report.metadata == {"department": "legal", "year": 2024, "draft": False, "score": 0.5, "tags": ["a", "b"],
+                               **DEFAULT_ACCESS.chunk_metadata()}
+    assert report.sidecar_sha256 == access_fingerprint(hashlib.sha256(sidecar_bytes).hexdigest(), DEFAULT_ACCESS)
     assert report.fingerprint == FileFingerprint(hashlib.sha256(b"%PDF").hexdigest(), report.sidecar_sha256)
     # The sidecar is read with its document, never listed as a file of its own.
     assert [f.path for f in result.files] == ["report.pdf"]
     assert result.ignored == [] and result.failed == []
+
+
+def test_access_comes_from_the_sidecar_over_the_first_matching_rule_over_the_default(source: Path) -> None:
+    for name in ["hr/pay.txt", "hr/boss/review.txt", "eng/design.md", "public.txt"]:
+        write(source / name, name)
+    write(source / "hr/boss/review.txt.meta.json", json.dumps({"groups": ["managers"], "year": 2024}))
+    rules = [AccessRule(prefix="hr/", tenant="acme", groups=["hr"]), AccessRule(prefix="eng", tenant="acme")]
+    files = found(SourceScanner(EXTENSIONS, 10**6, rules, "shared").scan(source))
+    access = {path: (f.metadata["acl_tenant"], sorted(k for k, v in f.metadata.items() if k.startswith("acl_group__")), f.metadata["acl_open"])
+              for path, f in files.items()}
+    assert access == {
+        "hr/pay.txt": ("acme", ["acl_group__hr"], False),
+        "hr/boss/review.txt": ("acme", ["acl_group__managers"], False),  # sidecar groups replace the rule's
+        "eng/design.md": ("acme", [], True),
+        "public.txt": ("shared", [], True),
+    }
+    assert files["hr/boss/review.txt"].metadata["year"] == 2024 and "groups" not in files["hr/boss/review.txt"].metadata
+    # A new rule changes the fingerprint, so the document is re-indexed with its new access.
+    moved = found(SourceScanner(EXTENSIONS, 10**6, [AccessRule(prefix="hr", tenant="other")], "shared").scan(source))
+    assert moved["hr/pay.txt"].fingerprint != files["hr/pay.txt"].fingerprint
+    assert moved["public.txt"].fingerprint == files["public.txt"].fingerprint
+
+
+@pytest.mark.parametrize("sidecar", [{"tenant": "bad tenant"}, {"groups": ["ok", "no/slash"]}, {"acl_open": True}, {"tenant": 5}])
+def test_invalid_access_in_a_sidecar_fails_the_document(source: Path, sidecar: dict) -> None:
+    write(source / "doc.txt", "x")
+    write(source / "doc.txt.meta.json", json.dumps(sidecar))
+    result = scan(source)
+    assert found(result) == {} and "doc.txt" in reasons(result.failed)
 
 
 @pytest.mark.parametrize(

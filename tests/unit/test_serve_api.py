@@ -46,6 +46,7 @@ def settings_for(index_dir: Path):
         embedding_device="cpu",
         rerank={"model": UNAVAILABLE_RERANKER},  # the documented fallback, wherever the tests run
         retrieval={"reload_check_interval_s": 3600},  # the pointer-following thread stays asleep
+        auth={"rate_limit_enabled": False},  # tests of rate limits turn them on
     )
 
 

@@ -19,6 +19,7 @@ from serve_app.cache import (
     normalize_question,
     pipeline_identity,
 )
+from serve_app.redis_conn import FailFastRedis, redis_from_settings
 from tests.redis_server import SHARED_REDIS_URL, PrivateRedis, shared_redis, unique_prefix
 
 RESPONSE = {"answer": "Twenty days [1].", "sources": [], "mode": "extractive", "index_version": "v000001", "reranker": None, "generator": "extractive"}
@@ -100,7 +101,7 @@ def test_pipeline_identity_follows_generator_and_retrieval_settings(clean_rag_en
 def cache(request):
     prefix = unique_prefix("cache")
     if request.param == "redis":
-        store = RedisCacheStore(SHARED_REDIS_URL, pool_size=4, socket_timeout_s=0.5)
+        store = RedisCacheStore(FailFastRedis(SHARED_REDIS_URL, pool_size=4, socket_timeout_s=0.5))
     else:
         store = LocalCacheStore(max_entries=100, ttl_s=3600)
     yield AnswerCache(store, ttl_s=60, semantic=True, semantic_threshold=0.9, semantic_max_entries=8, key_prefix=prefix)
@@ -184,7 +185,7 @@ def test_purge_of_one_version_leaves_the_others(cache: AnswerCache) -> None:
 
 def test_entries_expire_after_the_ttl(clean_rag_env) -> None:
     prefix = unique_prefix("ttl")
-    for store in (RedisCacheStore(SHARED_REDIS_URL), LocalCacheStore(ttl_s=1)):
+    for store in (RedisCacheStore(FailFastRedis(SHARED_REDIS_URL)), LocalCacheStore(ttl_s=1)):
         cache = AnswerCache(store, ttl_s=1, key_prefix=prefix)
 
         async def scenario():
@@ -199,8 +200,10 @@ def test_entries_expire_after_the_ttl(clean_rag_env) -> None:
 
 def test_cache_from_settings_picks_redis_or_the_in_process_store(clean_rag_env) -> None:
     assert AnswerCache.from_settings(load_settings()).store.backend == "local"
-    redis_cache = AnswerCache.from_settings(load_settings(redis_url=SHARED_REDIS_URL, cache={"redis_pool_size": 3}))
-    assert redis_cache.store.backend == "redis" and redis_cache.store.pool_size == 3
+    settings = load_settings(redis_url=SHARED_REDIS_URL, redis={"pool_size": 3})
+    redis_cache = AnswerCache.from_settings(settings, redis_from_settings(settings))
+    assert redis_cache.store.backend == "redis" and redis_cache.store.redis.pool_size == 3
+    assert redis_from_settings(load_settings()) is None
 
 
 # -- Redis: pooling and failure -------------------------------------------------------------------
@@ -208,7 +211,7 @@ def test_cache_from_settings_picks_redis_or_the_in_process_store(clean_rag_env) 
 def test_many_requests_share_the_pooled_connections(tmp_path) -> None:
     server = PrivateRedis(tmp_path).start()
     try:
-        cache = AnswerCache(RedisCacheStore(server.url, pool_size=3, socket_timeout_s=0.5), key_prefix=unique_prefix())
+        cache = AnswerCache(RedisCacheStore(FailFastRedis(server.url, pool_size=3, socket_timeout_s=0.5)), key_prefix=unique_prefix())
         before = server.client().info("clients")["connected_clients"]
 
         async def scenario():
@@ -225,7 +228,7 @@ def test_many_requests_share_the_pooled_connections(tmp_path) -> None:
 
 def test_redis_down_fails_open_fast_and_reconnects_by_itself(tmp_path) -> None:
     server = PrivateRedis(tmp_path).start()
-    store = RedisCacheStore(server.url, pool_size=2, socket_timeout_s=0.05, retry_after_s=0.3)
+    store = RedisCacheStore(FailFastRedis(server.url, pool_size=2, socket_timeout_s=0.05, retry_after_s=0.3))
     cache = AnswerCache(store, key_prefix=unique_prefix())
 
     async def scenario():
@@ -255,7 +258,7 @@ def test_redis_down_fails_open_fast_and_reconnects_by_itself(tmp_path) -> None:
 
 def test_an_unroutable_redis_costs_one_short_timeout_then_is_skipped() -> None:
     # 10.255.255.1 drops packets: connecting hangs until the socket timeout.
-    cache = AnswerCache(RedisCacheStore("redis://10.255.255.1:6379/0", socket_timeout_s=0.05, retry_after_s=5), key_prefix=unique_prefix())
+    cache = AnswerCache(RedisCacheStore(FailFastRedis("redis://10.255.255.1:6379/0", socket_timeout_s=0.05, retry_after_s=5)), key_prefix=unique_prefix())
 
     async def scenario():
         timings = []
