@@ -10,7 +10,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from dataclasses import dataclass
+from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -19,7 +20,9 @@ import pyarrow as pa
 from rag_core.chunking import RecursiveChunker
 from rag_core.embedding import EmbeddingModelSpec, load_for_spec
 from rag_core.index_store import chunk_schema
+from ingest_jobs.redaction import shared_redactor
 from rag_core.parsing import DocumentParseError, DocumentParser
+
 
 def make_chunk_id(file_sha256: str, file_path: str, chunk_index: int) -> str:
     """Deterministic: the file's content hash and the chunk's position. A short hash of the path
@@ -36,15 +39,23 @@ class ParseConfig:
     separators: tuple[str, ...]
     ingested_at: str
     index_version: str
+    pii_mode: str = "off"
+    pii_entities: tuple[str, ...] = ()
+    pii_score_threshold: float = 0.4
+    pii_spacy_model: str | None = None
 
 
 class ParseAndChunk:
-    """files (file, data, sidecar_sha256, metadata) -> chunk rows, or one failure row per bad file."""
+    """files (file, data, sidecar_sha256, metadata) -> chunk rows, or one failure row per bad file.
+
+    PII is redacted page by page before chunking, so no original value reaches the embedding
+    model, Chroma or Parquet; each row carries its file's counts per PII type (`pii`, JSON)."""
 
     def __init__(self, config: ParseConfig):
         self.config = config
         self.parser = DocumentParser(config.pdf_passwords)
         self.chunker = RecursiveChunker(config.chunk_size, config.chunk_overlap, config.separators)
+        self.redactor = shared_redactor(config.pii_mode, config.pii_entities, config.pii_score_threshold, config.pii_spacy_model)
 
     def __call__(self, files: pa.Table) -> pa.Table:
         rows: list[dict[str, Any]] = []
@@ -66,8 +77,14 @@ class ParseAndChunk:
             "index_version": self.config.index_version,
             "metadata": record["metadata"],
         }
+        pii: Counter = Counter()
         try:
-            chunks = self.chunker.chunk_pages(self.parser.parse(record["file"], data))
+            pages = []
+            for page in self.parser.parse(record["file"], data):
+                text, found = self.redactor.redact(page.text)
+                pii.update(found)
+                pages.append(replace(page, text=text))
+            chunks = self.chunker.chunk_pages(pages)
             if not chunks:
                 raise DocumentParseError("no extractable text")
         except DocumentParseError as exc:
@@ -84,18 +101,23 @@ class ParseAndChunk:
                 "char_end": chunk.char_end,
                 "text": chunk.text,
                 "error": "",
+                "pii": json.dumps(dict(sorted(pii.items()))),
             }
             for chunk in chunks
         ]
 
 
 def _failure_row(common: dict[str, Any], reason: str) -> dict[str, Any]:
-    return {**common, "chunk_id": "", "page": 0, "chunk_index": -1, "char_start": 0, "char_end": 0, "text": "", "error": reason}
+    return {**common, "chunk_id": "", "page": 0, "chunk_index": -1, "char_start": 0, "char_end": 0, "text": "", "error": reason, "pii": "{}"}
+
+
+# Columns the pipeline adds for the driver, dropped before chunks are stored.
+PIPELINE_COLUMNS = ["error", "pii"]
 
 
 def parsed_schema() -> pa.Schema:
     fields = [f for f in chunk_schema(1) if f.name != "embedding"]
-    return pa.schema([*fields, pa.field("error", pa.string())])
+    return pa.schema([*fields, pa.field("error", pa.string()), pa.field("pii", pa.string())])
 
 
 def parse_and_chunk_batch(files: pa.Table, config: ParseConfig) -> pa.Table:

@@ -3,9 +3,11 @@ build the next version apart, flip the pointer, collect garbage, and audit every
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
@@ -14,7 +16,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest_jobs.discovery import ScanResult, SkippedFile, SourceScanner
-from ingest_jobs.pipeline import ParseConfig, PipelineResources, build_dataset, file_row
+from ingest_jobs.pipeline import PIPELINE_COLUMNS, ParseConfig, PipelineResources, build_dataset, file_row
 from rag_core.audit import default_actor, utc_now
 from rag_core.embedding import EmbeddingModel, EmbeddingModelSpec, same_vector_space
 from rag_core.index_store import MANIFEST_COLUMNS, VersionBuilder, VersionedIndex, VersionInfo, manifest_from_rows, read_parquet_version
@@ -40,6 +42,7 @@ class IngestSummary:
     previous_version: str | None = None
     new_version_created: bool = False
     files_ignored: int = 0
+    pii_redacted: dict[str, int] = field(default_factory=dict)  # PII type -> values redacted in this run
     full_rebuild_reason: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
@@ -47,7 +50,8 @@ class IngestSummary:
 
 
 def chunking_record(settings: RAGSettings) -> dict[str, Any]:
-    return settings.chunking.model_dump()
+    """What decides the indexed text besides the files: a change re-indexes everything."""
+    return {**settings.chunking.model_dump(), "pii": settings.ingest.pii.model_dump()}
 
 
 def connect_ray(settings: RAGSettings) -> None:
@@ -66,6 +70,7 @@ class IngestRun:
         self.settings = settings
         self.source = Path(source)
         self.full = full
+        self.pii_found: dict[str, dict[str, int]] = {}  # file -> PII type -> count redacted
         self.index = VersionedIndex.from_settings(settings)
         self.actor = default_actor(settings.triggered_by)
 
@@ -147,6 +152,10 @@ class IngestRun:
         summary.index_version = info.version
         summary.new_version_created = True
         summary.files_indexed = len(new_entries)
+        totals: Counter = Counter()
+        for path in new_entries:
+            totals.update(self.pii_found.get(path, {}))
+        summary.pii_redacted = dict(sorted(totals.items()))
         summary.files_deleted = len(diff.deleted)
         summary.files_failed = [asdict(f) for f in failures]
         summary.chunks_added = sum(len(e.chunk_ids) for e in new_entries.values())
@@ -206,6 +215,10 @@ class IngestRun:
             separators=tuple(s.chunking.separators),
             ingested_at=started_at,
             index_version=builder.version,
+            pii_mode=s.ingest.pii.mode,
+            pii_entities=tuple(s.ingest.pii.entities),
+            pii_score_threshold=s.ingest.pii.score_threshold,
+            pii_spacy_model=s.ingest.pii.spacy_model,
         )
         resources = PipelineResources(
             embed_batch_size=s.ingest.embed_batch_size,
@@ -226,7 +239,10 @@ class IngestRun:
             errors = batch.column("error")
             for record in batch.filter(pc.not_equal(errors, "")).select(["file", "error"]).to_pylist():
                 failed_paths[record["file"]] = record["error"]
-            good = batch.filter(pc.equal(errors, "")).drop_columns(["error"])
+            good = batch.filter(pc.equal(errors, ""))
+            for record in good.select(["file", "pii"]).to_pylist():
+                self.pii_found.setdefault(record["file"], json.loads(record["pii"]))
+            good = good.drop_columns(PIPELINE_COLUMNS)
             if good.num_rows:
                 builder.add(good)
                 written.append(good.select(MANIFEST_COLUMNS))
@@ -244,8 +260,11 @@ class IngestRun:
 
     def _file_actions(self, diff: ManifestDiff, indexed: Iterable[str], failures: list[SkippedFile], ignored: list[SkippedFile]) -> list[dict[str, str]]:
         indexed = set(indexed)
-        actions = [{"file": p, "action": "added"} for p in diff.added if p in indexed]
+        actions: list[dict[str, Any]] = [{"file": p, "action": "added"} for p in diff.added if p in indexed]
         actions += [{"file": p, "action": "changed"} for p in diff.changed if p in indexed]
+        for action in actions:
+            if self.pii_found.get(action["file"]):
+                action["pii_redacted"] = self.pii_found[action["file"]]
         actions += [{"file": p, "action": "deleted"} for p in diff.deleted]
         actions += [{"file": f.file, "action": "failed", "reason": f.reason} for f in failures]
         actions += [{"file": f.file, "action": "ignored", "reason": f.reason} for f in ignored]

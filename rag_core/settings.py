@@ -69,7 +69,8 @@ class PIISettings(BaseModel):
         default_factory=lambda: ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS", "PERSON"],
         description="Presidio entity types to detect.",
     )
-    score_threshold: float = Field(0.5, ge=0, le=1, description="Presidio confidence needed to redact.")
+    score_threshold: float = Field(0.4, ge=0, le=1, description="Presidio confidence needed to redact; measured (README).")
+    spacy_model: str | None = Field(None, description="An installed spaCy NER model (e.g. en_core_web_lg) for PERSON; none offline.")
 
 
 class IngestSettings(BaseModel):
