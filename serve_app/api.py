@@ -179,6 +179,8 @@ def create_app(echo_request_id: bool = True) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        if exc.status_code == 400:  # FastAPI could not decode the body (not UTF-8, not JSON)
+            return _error(request, 422, "invalid request", [{"loc": ["body"], "msg": str(exc.detail), "type": "body_decode_error"}])
         return _error(request, exc.status_code, str(exc.detail))
 
     @app.exception_handler(FilterError)

@@ -17,7 +17,15 @@ import yaml
 from ray.serve import Application
 
 from rag_core.settings import RAGSettings, load_settings
-from serve_app.deployments import EmbedderDeployment, GeneratorDeployment, Ingress, RerankerDeployment, RetrieverDeployment
+from serve_app.auth import Authenticator
+from serve_app.deployments import (
+    EmbedderDeployment,
+    GeneratorDeployment,
+    Ingress,
+    RerankerDeployment,
+    RetrieverDeployment,
+    serve_http_host,
+)
 
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
@@ -64,4 +72,7 @@ def build_graph(settings: RAGSettings, deployment_options: dict[str, dict[str, A
 
 
 def build_app(args: dict[str, Any] | None = None) -> Application:
-    return build_graph(settings_from_args(args))
+    settings = settings_from_args(args)
+    # Fail the deployment at once, with the reason, rather than in every Ingress replica's start.
+    Authenticator(settings.auth).check_exposure(serve_http_host(settings))
+    return build_graph(settings)

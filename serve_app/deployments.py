@@ -190,12 +190,12 @@ class Ingress:
     def __serve_build_asgi_app__(self) -> Any:
         app = create_app(echo_request_id=False)  # Serve's proxy echoes X-Request-ID itself
         install_limits(app, self.settings.api)
-        install_security(app, self.settings, self.rate_limiter, _serve_http_host(self.settings))
+        install_security(app, self.settings, self.rate_limiter, serve_http_host(self.settings))
         app.state.service = self.service
         return app
 
 
-def _serve_http_host(settings: RAGSettings) -> str:
+def serve_http_host(settings: RAGSettings) -> str:
     """The address Serve's HTTP proxies listen on (http_options.host in serve.yaml)."""
     try:
         from ray.serve.context import _get_global_client
