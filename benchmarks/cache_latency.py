@@ -96,12 +96,13 @@ def main() -> None:
         "off": {"cache": {"enabled": False}},
     }
     for name, overrides in apps.items():
-        settings = load_settings(REPO_ROOT / "configs/rag.yaml", index_dir=index_dir, **overrides)
+        settings = load_settings(REPO_ROOT / "configs/rag.yaml", index_dir=index_dir, auth={"rate_limit_enabled": False}, **overrides)
         serve.run(build_graph(settings), name=name, route_prefix=f"/{name}")
     local_port = free_port()
     local_app = subprocess.Popen(
         [sys.executable, "-m", "serve_app.local"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**env, "RAG_REDIS_URL": redis_server.url, "RAG_API__PORT": str(local_port), "RAG_CACHE__KEY_PREFIX": "bench-local"},
+        env={**env, "RAG_REDIS_URL": redis_server.url, "RAG_API__PORT": str(local_port), "RAG_CACHE__KEY_PREFIX": "bench-local",
+             "RAG_AUTH__RATE_LIMIT_ENABLED": "false"},
     )
     local_base = f"http://127.0.0.1:{local_port}"
     deadline = time.monotonic() + 300

@@ -77,7 +77,8 @@ def main() -> None:
                 "/v1/query": [{"question": t, "top_k": 5, "use_cache": False} for t in texts]}
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
     # The answer cache is off: queries repeat, and this measures the pipeline (benchmarks/cache_latency.py measures the cache).
-    env.update(RAG_INDEX_DIR=str(args.index_dir.resolve()), RAG_CACHE__ENABLED="false", RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
+    env.update(RAG_INDEX_DIR=str(args.index_dir.resolve()), RAG_CACHE__ENABLED="false",
+               RAG_AUTH__RATE_LIMIT_ENABLED="false", RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
     graph = subprocess.Popen(["serve", "run", "-a", "local", "configs/serve.yaml"], cwd=REPO_ROOT, env=env,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     baseline = subprocess.Popen([sys.executable, "-m", "serve_app.local"], cwd=REPO_ROOT, env={**env, "RAG_API__PORT": str(BASELINE_PORT)},

@@ -124,6 +124,9 @@ def deploy_app(serve_http: str):
     deployed: list[str] = []
 
     def deploy(name: str, deployment_options: dict[str, dict[str, Any]] | None = None, **settings: Any) -> str:
+        # Tests drive more requests from one client than the anonymous rate limit allows; the
+        # rate-limit tests configure their own keys and limits.
+        settings.setdefault("auth", {"rate_limit_enabled": False})
         app_settings = load_settings(REPO_ROOT / "configs" / "rag.yaml", **settings)
         serve.run(build_graph(app_settings, deployment_options), name=name, route_prefix=f"/{name}")
         deployed.append(name)
