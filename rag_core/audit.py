@@ -41,6 +41,23 @@ class AuditLog:
         finally:
             os.close(fd)
 
+    def last_completed_ingest(self, tail_bytes: int = 1 << 20) -> dict[str, Any] | None:
+        """The newest `ingest` record with status `completed`, from the file's last `tail_bytes`."""
+        if not self.path.exists():
+            return None
+        with self.path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, handle.tell() - tail_bytes))
+            lines = handle.read().decode(errors="replace").splitlines()
+        for line in reversed(lines):
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # the first, partial line of the tail, or a torn final line
+            if record.get("event") == "ingest" and record.get("status") == "completed":
+                return record
+        return None
+
     def records(self) -> Iterator[dict[str, Any]]:
         if not self.path.exists():
             return

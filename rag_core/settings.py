@@ -207,6 +207,16 @@ class RedisSettings(BaseModel):
     retry_after_s: float = Field(1.0, ge=0, description="After a Redis failure, skip it this long, then reconnect.")
 
 
+class ObservabilitySettings(BaseModel):
+    faithfulness: bool = Field(True, description="Estimate faithfulness of generated answers (extra embeddings, after the response).")
+    faithfulness_threshold: float = Field(
+        0.35, gt=0, le=1, description="Cosine at which a passage supports an answer sentence; measured on SQuAD (README)."
+    )
+    stale_index_after_s: float = Field(
+        604_800, gt=0, description="/health is degraded when no ingest has succeeded for this long (default 7 days)."
+    )
+
+
 class RAGSettings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="RAG_", env_nested_delimiter="__", extra="forbid", validate_default=True
@@ -247,6 +257,7 @@ class RAGSettings(BaseSettings):
     cache: CacheSettings = Field(default_factory=CacheSettings)
     redis: RedisSettings = Field(default_factory=RedisSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
+    observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
 
     @field_validator("index_dir")
     @classmethod

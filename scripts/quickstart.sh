@@ -22,7 +22,8 @@ if ! ray status --address "127.0.0.1:${RAY_GCS_PORT:-6380}" >/dev/null 2>&1; the
   # and a later ingest (parse tasks + an embedding actor) must still be schedulable beside it.
   CPUS=$(nproc); [ "$CPUS" -lt 4 ] && CPUS=4
   ray start --head --port="${RAY_GCS_PORT:-6380}" --num-cpus "${RAY_NUM_CPUS:-$CPUS}" --dashboard-host 127.0.0.1 \
-    --dashboard-port "${RAY_DASHBOARD_PORT:-8265}" --disable-usage-stats >/dev/null
+    --dashboard-port "${RAY_DASHBOARD_PORT:-8265}" --metrics-export-port "${RAY_METRICS_PORT:-8080}" \
+    --disable-usage-stats >/dev/null
 fi
 ENV_VARS="{}"
 if [ -n "${RAG_INDEX_DIR:-}" ]; then

@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.auth import AuthError, Authenticator, Caller
 from serve_app.filters import FilterError
+from serve_app.metrics import NullMetrics
 from serve_app.rate_limit import Decision, RateLimiter
 from serve_app.schemas import (
     CachePurgeResponse,
@@ -161,12 +162,16 @@ def create_app(echo_request_id: bool = True) -> FastAPI:
         description="Answers questions from the current document index with cited sources.",
     )
     app.state.echo_request_id = echo_request_id
+    app.state.metrics = NullMetrics()  # the Serve ingress sets RayQueryMetrics
 
     @app.middleware("http")
     async def request_id(request: Request, call_next: Any) -> Any:
         incoming = request.headers.get(REQUEST_ID_HEADER, "")
         request.state.request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
         response = await call_next(request)
+        route = request.scope.get("route")
+        # The route template, never the raw path: unknown paths must not create new series.
+        app.state.metrics.request(getattr(route, "path", "unmatched"), response.status_code)
         if echo_request_id:
             response.headers[REQUEST_ID_HEADER] = request.state.request_id
         return response

@@ -20,6 +20,7 @@ from rag_core.logs import configure_json_logging
 from rag_core.settings import RAGSettings
 from serve_app.api import create_app, install_limits, install_security
 from serve_app.cache import AnswerCache
+from serve_app.metrics import RayIndexMetrics, RayQueryMetrics
 from serve_app.rate_limit import RateLimiter
 from serve_app.redis_conn import redis_from_settings
 from serve_app.embedder import QueryEmbedder
@@ -69,12 +70,21 @@ class RetrieverDeployment:
             log.error("no index to serve yet", extra={"fields": {"error": self.retriever.last_error}})
         self.startup_s = time.monotonic() - started
         self._interval = settings.retrieval.reload_check_interval_s
+        self.metrics = RayIndexMetrics()
+        self._observe()
         threading.Thread(target=self._follow_pointer, name="index-reload", daemon=True).start()
 
     def _follow_pointer(self) -> None:
         while True:  # a new version is loaded beside the old one and swapped in atomically
             time.sleep(self._interval)
             self.retriever.maybe_reload()
+            self._observe()
+
+    def _observe(self) -> None:
+        try:
+            self.metrics.update(self.retriever.status())
+        except Exception as exc:  # metrics must never stop the pointer from being followed
+            log.warning("index metrics not updated", extra={"fields": {"error": str(exc)[:200]}})
 
     async def retrieve(self, query: str, vector: list[float] | None, model: str | None, top_k: int, where: dict | None, mode: str, mmr: bool | None,
                        access: dict | None) -> tuple[list[RetrievedChunk], str]:
@@ -184,7 +194,8 @@ class Ingress:
         redis = redis_from_settings(settings)  # one pool per replica: cache and rate limits
         self.service = QueryService(ServeStages(embedder, retriever, reranker, generator), settings,
                                     cache=AnswerCache.from_settings(settings, redis) if settings.cache.enabled else None,
-                                    index_version=VersionedIndex.from_settings(settings).current_version)
+                                    index_version=VersionedIndex.from_settings(settings).current_version,
+                                    metrics=RayQueryMetrics())
         self.rate_limiter = RateLimiter(redis, settings.auth.rate_limit_prefix)
 
     def __serve_build_asgi_app__(self) -> Any:
@@ -192,6 +203,7 @@ class Ingress:
         install_limits(app, self.settings.api)
         install_security(app, self.settings, self.rate_limiter, serve_http_host(self.settings))
         app.state.service = self.service
+        app.state.metrics = self.service.metrics
         return app
 
 

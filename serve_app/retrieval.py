@@ -10,6 +10,7 @@ the version they started with and none are dropped.
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 import logging
 import threading
 import time
@@ -132,6 +133,33 @@ def maximal_marginal_relevance(query: np.ndarray, candidates: np.ndarray, k: int
         score[chosen] = -np.inf
         chosen.append(int(np.argmax(score)))
     return chosen
+
+
+def seconds_since(timestamp: str | None) -> float | None:
+    if not timestamp:
+        return None
+    return max(0.0, (datetime.now(timezone.utc) - datetime.fromisoformat(timestamp)).total_seconds())
+
+
+def last_ingest_summary(index: VersionedIndex) -> dict[str, Any] | None:
+    """The last successful ingest run, from the audit trail: when, files by action, chunks, speed."""
+    try:
+        record = index.audit.last_completed_ingest()
+    except OSError:
+        return None
+    if record is None:
+        return None
+    summary = record.get("summary") or {}
+    actions: dict[str, int] = {}
+    for entry in record.get("files", []):
+        actions[entry["action"]] = actions.get(entry["action"], 0) + 1
+    duration = summary.get("duration_s") or 0.0
+    chunks = summary.get("chunks_added", 0)
+    return {
+        "finished_at": record.get("finished_at"), "age_s": seconds_since(record.get("finished_at")),
+        "files": actions, "chunks_added": chunks, "failures": actions.get("failed", 0),
+        "chunks_per_second": round(chunks / duration, 3) if duration else 0.0,
+    }
 
 
 class HybridRetriever:
@@ -277,13 +305,16 @@ class HybridRetriever:
     def status(self) -> dict[str, Any]:
         snapshot = self._snapshot
         if snapshot is None:
-            return {"ready": False, "error": self.last_error or "index not loaded", "index_version": None, "chunks_indexed": 0}
+            return {"ready": False, "error": self.last_error or "index not loaded", "index_version": None, "chunks_indexed": 0,
+                    "last_ingest": None}
         return {
+            "last_ingest": last_ingest_summary(self.index),
             "ready": snapshot.chunk_count > 0,
             "error": None if snapshot.chunk_count else "the index is empty",
             "index_version": snapshot.info.version,
             "chunks_indexed": snapshot.chunk_count,
             "last_indexed_at": snapshot.info.created_at,
+            "index_age_s": seconds_since(snapshot.info.created_at),
             "embedding_model": snapshot.info.model_spec.name,
             "embedding_spec": snapshot.info.embedding_model,
         }

@@ -12,7 +12,8 @@ MAX_QUESTION_CHARS = 4000
 
 
 class _Request(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # Strict: `"use_cache": 0` or `"top_k": "5"` is an error, not silently coerced (found by fuzzing).
+    model_config = ConfigDict(extra="forbid", strict=True)
 
     filters: dict[str, Any] | None = Field(
         None,

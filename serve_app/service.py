@@ -6,16 +6,20 @@ by in-process components (serve_app.local), which is also the single-process ben
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Protocol
+from typing import Any, AsyncIterator, Callable, Iterator, Protocol
 
 from rag_core.access import Access
 from rag_core.index_reader import RetrievedChunk
 from serve_app.cache import AnswerCache, CacheHit, CacheScope, CacheUnavailable, pipeline_identity, scope_for_version
-from serve_app.generation import MODE_DEGRADED, Answer
+from serve_app.faithfulness import answer_sentences, supported_share
+from serve_app.generation import ABSTAIN_ANSWER, MODE_DEGRADED, MODE_GENERATIVE, Answer
+from serve_app.metrics import NullMetrics, QueryMetrics
 from serve_app.schemas import HealthResponse, QueryRequest, QueryResponse, RetrieveRequest, RetrieveResponse, Source
 
 log = logging.getLogger("serve_app.query")
@@ -63,30 +67,59 @@ def to_sources(chunks: list[RetrievedChunk]) -> list[Source]:
     return [Source(file=c.file, page=c.page, chunk_id=c.chunk_id, score=round(c.score, 6), text=c.text) for c in chunks]
 
 
+class StageClock:
+    """Per-request stage latencies (milliseconds), for the query log line and the metrics."""
+
+    def __init__(self) -> None:
+        self.started = time.perf_counter()
+        self.ms: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        began = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.ms[name] = round(self.ms.get(name, 0.0) + (time.perf_counter() - began) * 1000, 3)
+
+    def total_ms(self) -> float:
+        return round((time.perf_counter() - self.started) * 1000, 3)
+
+
 class QueryService:
     def __init__(self, stages: Stages, settings: Any, cache: AnswerCache | None = None,
-                 index_version: Callable[[], str | None] | None = None):
+                 index_version: Callable[[], str | None] | None = None, metrics: QueryMetrics | None = None):
         """`cache` with `index_version` (the current version pointer, read before any downstream
         call) enables answer caching; without them every query is answered afresh."""
         self.stages = stages
         self.settings = settings
         self.cache = cache if cache is not None and index_version is not None else None
         self.index_version = index_version
+        self.metrics: QueryMetrics = metrics or NullMetrics()
         self.pipeline = pipeline_identity(settings)
         self.startup_time_seconds: float | None = None
+        self._background: set[asyncio.Task] = set()
 
     async def _retrieve(self, access: Access, text: str, top_k: int, where: dict | None, mode: str | None, rerank: bool | None, mmr: bool | None,
-                        embedding: tuple[list[float], str] | None = None) -> Retrieved:
+                        embedding: tuple[list[float], str] | None = None, clock: StageClock | None = None) -> Retrieved:
+        clock = clock or StageClock()
         mode = mode or self.settings.retrieval.mode
         rerank = self.settings.rerank.enabled if rerank is None else rerank
         candidates = max(top_k, self.settings.rerank.candidates) if rerank else top_k
         vector, model = (None, None)
         if mode != "lexical":
-            vector, model = embedding or await self.stages.embed(text)
-        chunks, version = await self.stages.retrieve(text, vector, model, candidates, where, mode, mmr, access.read_filter())
+            if embedding is None:
+                with clock.stage("embed"):
+                    embedding = await self.stages.embed(text)
+            vector, model = embedding
+        with clock.stage("retrieve"):
+            chunks, version = await self.stages.retrieve(text, vector, model, candidates, where, mode, mmr, access.read_filter())
         reranker = None
         if rerank and chunks:
-            chunks, reranker = await self.stages.rerank(text, chunks, top_k)
+            with clock.stage("rerank"):
+                chunks, reranker = await self.stages.rerank(text, chunks, top_k)
+        if chunks:
+            self.metrics.top_score(chunks[0].score)
         return Retrieved(chunks[:top_k], version, reranker)
 
     async def retrieve(self, request: RetrieveRequest, access: Access) -> RetrieveResponse:
@@ -97,7 +130,7 @@ class QueryService:
             mode=request.mode or self.settings.retrieval.mode, latency_ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
-    async def _check_cache(self, request: QueryRequest, access: Access) -> CacheLookup:
+    async def _check_cache(self, request: QueryRequest, access: Access, clock: StageClock) -> CacheLookup:
         """Exact lookup before any downstream call; on a miss, the query is embedded once, for the
         semantic lookup and then for retrieval."""
         version = self.index_version() if self.cache and self.index_version else None
@@ -106,13 +139,19 @@ class QueryService:
         assert self.cache is not None
         lookup = CacheLookup(CacheScope(version, request.filters, request.top_k, self.pipeline, access.scope_key))
         if request.use_cache:
-            lookup.hit = await self.cache.lookup_exact(lookup.scope, request.question)
+            with clock.stage("cache"):
+                lookup.hit = await self.cache.lookup_exact(lookup.scope, request.question)
             if lookup.hit:
+                self.metrics.cache("exact")
                 return lookup
         if self.settings.retrieval.mode != "lexical":
-            lookup.embedding = await self.stages.embed(request.question)
+            with clock.stage("embed"):
+                lookup.embedding = await self.stages.embed(request.question)
             if request.use_cache:
-                lookup.hit = await self.cache.lookup_semantic(lookup.scope, request.question, lookup.embedding[0])
+                with clock.stage("cache"):
+                    lookup.hit = await self.cache.lookup_semantic(lookup.scope, request.question, lookup.embedding[0])
+        if request.use_cache:
+            self.metrics.cache(lookup.hit.kind if lookup.hit else "miss")
         return lookup
 
     async def _remember(self, lookup: CacheLookup, request: QueryRequest, response: QueryResponse) -> None:
@@ -124,43 +163,55 @@ class QueryService:
         vector = lookup.embedding[0] if lookup.embedding else None
         await self.cache.store_response(scope, request.question, vector, response.model_dump(exclude=_PER_REQUEST_FIELDS))
 
-    def _cached(self, hit: CacheHit, request_id: str, started: float) -> QueryResponse:
-        return QueryResponse(**hit.response, cached=True, cache=hit.kind, request_id=request_id,
-                             latency_ms=round((time.perf_counter() - started) * 1000, 2))
+    def _cached(self, hit: CacheHit, request_id: str, clock: StageClock) -> QueryResponse:
+        return QueryResponse(**hit.response, cached=True, cache=hit.kind, request_id=request_id, latency_ms=round(clock.total_ms(), 2))
 
     async def query(self, request: QueryRequest, request_id: str, access: Access) -> QueryResponse:
-        started = time.perf_counter()
-        lookup = await self._check_cache(request, access)
-        if lookup.hit:
-            response = self._cached(lookup.hit, request_id, started)
-        else:
-            got = await self._retrieve(access, request.question, request.top_k, request.filters, None, None, None, lookup.embedding)
-            answer = await self.stages.answer(request.question, got.chunks)
-            response = self._response(request, request_id, got, answer, started)
-            await self._remember(lookup, request, response)
-        self._log(request, response)
+        clock = StageClock()
+        try:
+            lookup = await self._check_cache(request, access, clock)
+            if lookup.hit:
+                response = self._cached(lookup.hit, request_id, clock)
+            else:
+                got = await self._retrieve(access, request.question, request.top_k, request.filters, None, None, None, lookup.embedding, clock)
+                with clock.stage("generate"):
+                    answer = await self.stages.answer(request.question, got.chunks)
+                response = self._response(request_id, got, answer, clock)
+                self._observe_answer(answer, got)
+                await self._remember(lookup, request, response)
+        except Exception as exc:
+            self._finish(request, request_id, access, clock, None, exc)
+            raise
+        self._finish(request, request_id, access, clock, response, None)
         return response
 
     async def query_events(self, request: QueryRequest, request_id: str, access: Access) -> AsyncIterator[str]:
         """Server-sent events: `token` events with answer text, then one `done` event (the full response).
         A cached answer is streamed the same way: its text as one token event, then `done`."""
-        started = time.perf_counter()
-        lookup = await self._check_cache(request, access)
-        if lookup.hit:
-            response = self._cached(lookup.hit, request_id, started)
-            yield f"event: token\ndata: {json.dumps({'text': response.answer})}\n\n"
-            self._log(request, response)
-            yield f"event: done\ndata: {response.model_dump_json()}\n\n"
-            return
-        got = await self._retrieve(access, request.question, request.top_k, request.filters, None, None, None, lookup.embedding)
-        async for event in self.stages.answer_stream(request.question, got.chunks):
-            if "token" in event:
-                yield f"event: token\ndata: {json.dumps({'text': event['token']})}\n\n"
-            else:
-                response = self._response(request, request_id, got, event["done"], started)
-                await self._remember(lookup, request, response)
-                self._log(request, response)
+        clock = StageClock()
+        try:
+            lookup = await self._check_cache(request, access, clock)
+            if lookup.hit:
+                response = self._cached(lookup.hit, request_id, clock)
+                yield f"event: token\ndata: {json.dumps({'text': response.answer})}\n\n"
+                self._finish(request, request_id, access, clock, response, None)
                 yield f"event: done\ndata: {response.model_dump_json()}\n\n"
+                return
+            got = await self._retrieve(access, request.question, request.top_k, request.filters, None, None, None, lookup.embedding, clock)
+            generation_started = time.perf_counter()
+            async for event in self.stages.answer_stream(request.question, got.chunks):
+                if "token" in event:
+                    yield f"event: token\ndata: {json.dumps({'text': event['token']})}\n\n"
+                else:
+                    clock.ms["generate"] = round((time.perf_counter() - generation_started) * 1000, 3)
+                    response = self._response(request_id, got, event["done"], clock)
+                    self._observe_answer(event["done"], got)
+                    await self._remember(lookup, request, response)
+                    self._finish(request, request_id, access, clock, response, None)
+                    yield f"event: done\ndata: {response.model_dump_json()}\n\n"
+        except Exception as exc:
+            self._finish(request, request_id, access, clock, None, exc)
+            raise
 
     async def purge_cache(self, index_version: str | None = None) -> int:
         if self.cache is None:
@@ -170,22 +221,58 @@ class QueryService:
         except CacheUnavailable as exc:
             raise ServiceUnavailable(f"cache not reachable: {exc}", retry_after_s=5) from None
 
-    def _response(self, request: QueryRequest, request_id: str, got: Retrieved, answer: Answer, started: float) -> QueryResponse:
+    def _response(self, request_id: str, got: Retrieved, answer: Answer, clock: StageClock) -> QueryResponse:
         return QueryResponse(
             answer=answer.text, sources=to_sources(got.chunks), mode=answer.mode, cached=False, cache=None,
-            latency_ms=round((time.perf_counter() - started) * 1000, 2), request_id=request_id,
+            latency_ms=round(clock.total_ms(), 2), request_id=request_id,
             index_version=got.index_version, reranker=got.reranker, generator=answer.generator,
         )
 
-    def _log(self, request: QueryRequest, response: QueryResponse) -> None:
-        fields = {
-            "request_id": response.request_id, "question_chars": len(request.question), "latency_ms": response.latency_ms,
-            "chunks_retrieved": len(response.sources), "cached": response.cached, "cache": response.cache, "answer_chars": len(response.answer),
-            "sources": [s.chunk_id for s in response.sources], "mode": response.mode, "index_version": response.index_version,
+    def _observe_answer(self, answer: Answer, got: Retrieved) -> None:
+        """LLM events now; the faithfulness estimate after the response, off the request path."""
+        if answer.mode == MODE_DEGRADED:
+            self.metrics.llm("degraded")
+            self.metrics.llm("timeout" if answer.error and "Timeout" in answer.error else "error")
+        if answer.mode == MODE_GENERATIVE and answer.text != ABSTAIN_ANSWER and self.settings.observability.faithfulness and got.chunks:
+            task = asyncio.create_task(self._estimate_faithfulness(answer.text, [c.text for c in got.chunks]))
+            self._background.add(task)  # keep a reference until it is done
+            task.add_done_callback(self._background.discard)
+
+    async def _estimate_faithfulness(self, answer: str, passages: list[str]) -> None:
+        sentences = answer_sentences(answer)
+        if not sentences:
+            return
+        try:
+            vectors = await asyncio.gather(*(self.stages.embed(text) for text in sentences + passages))
+        except Exception as exc:  # an estimate that cannot be made is logged, never raised
+            log.warning("faithfulness not estimated", extra={"fields": {"error": f"{type(exc).__name__}: {exc}"[:200]}})
+            return
+        share = supported_share([v for v, _ in vectors[: len(sentences)]], [v for v, _ in vectors[len(sentences):]],
+                                self.settings.observability.faithfulness_threshold)
+        if share is not None:
+            self.metrics.faithfulness(share)
+
+    def _finish(self, request: QueryRequest, request_id: str, access: Access, clock: StageClock,
+                response: QueryResponse | None, error: BaseException | None) -> None:
+        """Stage metrics and the one structured log line of this query."""
+        clock.ms["total"] = clock.total_ms()
+        for stage, ms in clock.ms.items():
+            self.metrics.stage_seconds(stage, ms / 1000)
+        if isinstance(error, ServiceUnavailable) and "overloaded" in str(error):
+            self.metrics.load_shed("backpressure")
+        fields: dict[str, Any] = {
+            "request_id": request_id, "question_chars": len(request.question), "tenant": access.tenant,
+            "latency_ms": clock.ms["total"], "stages_ms": clock.ms,
+            "chunks_retrieved": len(response.sources) if response else 0,
+            "cached": response.cached if response else False, "cache": response.cache if response else None,
+            "answer_chars": len(response.answer) if response else 0,
+            "sources": [s.chunk_id for s in response.sources] if response else [],
+            "mode": response.mode if response else None, "index_version": response.index_version if response else None,
+            "error": f"{type(error).__name__}: {error}"[:500] if error else None,
         }
         if self.settings.api.log_questions:
             fields["question"] = request.question
-        log.info("query", extra={"fields": fields})
+        log.log(logging.WARNING if error else logging.INFO, "query", extra={"fields": fields})
 
     def _startup_seconds(self, status: dict[str, Any]) -> float:
         """How long the service took to start: set by the caller, else the slowest stage's startup."""
@@ -210,6 +297,10 @@ class QueryService:
             reasons.append(f"reranker fallback: {reranker.get('reason')}")
         if generator.get("last_error"):
             reasons.append(f"LLM: {generator['last_error']}")
+        ingest = retriever.get("last_ingest")
+        stale_after = self.settings.observability.stale_index_after_s
+        if not unhealthy and ingest and ingest.get("age_s") is not None and ingest["age_s"] > stale_after:
+            reasons.append(f"index stale: no successful ingest for {ingest['age_s'] / 3600:.1f} h (limit {stale_after / 3600:.1f} h)")
         cache = await self.cache.status() if self.cache else {"backend": "off", "connected": False}
         if self.cache and not cache["connected"]:
             reasons.append(f"cache: {cache['backend']} not reachable, answering uncached")

@@ -26,6 +26,8 @@ def free_port() -> int:
 class RayCluster:
     gcs_address: str
     dashboard_url: str
+    metrics_url: str   # this node's Prometheus endpoint
+    session_dir: str
 
 
 @pytest.fixture(scope="session")
@@ -34,7 +36,7 @@ def ray_cluster() -> RayCluster:
 
     # Jobs submitted to this cluster run `python ...` from the cluster's PATH: make it this venv's.
     os.environ["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
-    dashboard_port = free_port()
+    dashboard_port, metrics_port = free_port(), free_port()
     # address="local": a private cluster, never Ray's default GCS port 6379 where Redis listens.
     context = ray.init(
         address="local",
@@ -46,8 +48,10 @@ def ray_cluster() -> RayCluster:
         dashboard_port=dashboard_port,
         configure_logging=False,
         log_to_driver=False,
+        _metrics_export_port=metrics_port,  # as `ray start --metrics-export-port`
     )
-    cluster = RayCluster(context.address_info["gcs_address"], f"http://127.0.0.1:{dashboard_port}")
+    cluster = RayCluster(context.address_info["gcs_address"], f"http://127.0.0.1:{dashboard_port}",
+                         f"http://127.0.0.1:{metrics_port}/metrics", context.address_info["session_dir"])
     yield cluster
     ray.shutdown()
 
