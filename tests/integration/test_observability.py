@@ -107,10 +107,10 @@ def test_every_query_writes_one_json_log_line_with_every_field(observed, ray_clu
                 start = line.find('{"ts"')
                 if start >= 0 and '"msg": "query"' in line:
                     lines.append(json.loads(line[start:]))
-        if len(lines) >= 7:
+        if len(lines) >= 6:
             break
         time.sleep(1)
-    assert len(lines) >= 7, len(lines)
+    assert len(lines) >= 6, len(lines)  # six queries; the 422 never reached the service
     for record in lines:
         assert QUERY_LOG_FIELDS <= set(record), set(record) ^ QUERY_LOG_FIELDS
         assert "question" not in record  # question text only when api.log_questions is on
