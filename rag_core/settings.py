@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
-from rag_core.access import NAME_PATTERN, valid_name
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     YamlConfigSettingsSource,
 )
+
+from rag_core.access import NAME_PATTERN
 
 DEFAULT_CONFIG_FILE = Path("configs/rag.yaml")
 
@@ -45,20 +46,16 @@ class ChunkingSettings(BaseModel):
         return self
 
 
+GroupName = Annotated[str, Field(pattern=NAME_PATTERN)]
+
+
 class AccessRule(BaseModel):
     """Documents under `prefix` (a folder relative to --source) belong to `tenant` and `groups`."""
 
     model_config = ConfigDict(extra="forbid")
     prefix: str = Field(..., description="Folder relative to the source, e.g. 'hr/'; '' matches everything.")
     tenant: str = Field(..., pattern=NAME_PATTERN)
-    groups: list[str] = Field(default_factory=list)
-
-    @field_validator("groups")
-    @classmethod
-    def _group_names(cls, value: list[str]) -> list[str]:
-        for group in value:
-            valid_name(group, "group")
-        return value
+    groups: list[GroupName] = Field(default_factory=list)
 
 
 class PIISettings(BaseModel):
@@ -161,17 +158,10 @@ class APIKeySettings(BaseModel):
     name: str = Field(..., min_length=1, max_length=64, description="Shown in logs; never the key itself.")
     sha256: str = Field(..., pattern=r"^[0-9a-f]{64}$", description="hex SHA-256 of the key.")
     tenant: str = Field(..., pattern=NAME_PATTERN)
-    groups: list[str] = Field(default_factory=list)
+    groups: list[GroupName] = Field(default_factory=list)
     rate_per_minute: float | None = Field(None, gt=0, description="Default: auth.rate_per_minute.")
     burst: int | None = Field(None, ge=1, description="Default: auth.burst.")
     admin: bool = Field(False, description="May call /admin routes (cache purge).")
-
-    @field_validator("groups")
-    @classmethod
-    def _group_names(cls, value: list[str]) -> list[str]:
-        for group in value:
-            valid_name(group, "group")
-        return value
 
 
 class AuthSettings(BaseModel):

@@ -65,3 +65,11 @@ def clean_rag_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)
     return tmp_path
+
+
+@pytest.fixture(scope="session")
+def model():
+    """The embedding model `auto` resolves to here (the packaged MiniLM offline), loaded once."""
+    from rag_core.embedding import EmbeddingModel
+
+    return EmbeddingModel.from_setting("auto", device="cpu")

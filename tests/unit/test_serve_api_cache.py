@@ -8,7 +8,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from index_builder import build_version
-from rag_core.embedding import EmbeddingModel
 from rag_core.index_store import VersionedIndex
 from serve_app.local import create_local_app
 from tests.redis_server import SHARED_REDIS_URL, shared_redis, unique_prefix
@@ -16,11 +15,6 @@ from tests.unit.test_serve_api import CORPUS, clean_environment, settings_for, s
 
 QUESTION = "How many vacation days do employees receive?"
 REPHRASED = "How many vacation days does an employee receive?"
-
-
-@pytest.fixture(scope="module")
-def model() -> EmbeddingModel:
-    return EmbeddingModel.from_setting("auto", device="cpu")
 
 
 @pytest.fixture()

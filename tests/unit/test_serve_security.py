@@ -9,7 +9,6 @@ import pytest
 from fastapi.testclient import TestClient
 
 from index_builder import build_version
-from rag_core.embedding import EmbeddingModel
 from rag_core.index_store import VersionedIndex
 from serve_app import auth as auth_cli
 from serve_app.auth import InsecureConfiguration, hash_key, is_loopback
@@ -39,11 +38,6 @@ def key_settings(**limits) -> list[dict]:
 
 def bearer(name: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {SECRET[name]}"}
-
-
-@pytest.fixture(scope="module")
-def model() -> EmbeddingModel:
-    return EmbeddingModel.from_setting("auto", device="cpu")
 
 
 @pytest.fixture()
