@@ -206,6 +206,8 @@ def create_app(echo_request_id: bool = True) -> FastAPI:
 
     @app.exception_handler(ServiceUnavailable)
     async def unavailable(request: Request, exc: ServiceUnavailable) -> JSONResponse:
+        if exc.load_shed:
+            request.app.state.metrics.load_shed("queue_full")
         return _error(request, 503, str(exc), headers={"Retry-After": str(exc.retry_after_s)})
 
     @app.exception_handler(Exception)

@@ -143,7 +143,7 @@ class ServeStages:
         try:
             return await response
         except (BackPressureError, DeploymentUnavailableError) as exc:
-            raise ServiceUnavailable(f"overloaded, retry shortly ({type(exc).__name__})", retry_after_s=1) from None
+            raise ServiceUnavailable(f"overloaded, retry shortly ({type(exc).__name__})", retry_after_s=1, load_shed=True) from None
         except IndexUnavailable as exc:
             raise ServiceUnavailable(f"index not available: {exc}", retry_after_s=5) from None
 

@@ -28,9 +28,10 @@ log = logging.getLogger("serve_app.query")
 class ServiceUnavailable(RuntimeError):
     """A stage cannot serve now (no index, a swap in progress, load shedding); maps to 503."""
 
-    def __init__(self, message: str, retry_after_s: int = 1):
+    def __init__(self, message: str, retry_after_s: int = 1, load_shed: bool = False):
         super().__init__(message)
         self.retry_after_s = retry_after_s
+        self.load_shed = load_shed  # refused because a stage's queue is full (counted as shed load)
 
 
 @dataclass
@@ -258,8 +259,6 @@ class QueryService:
         clock.ms["total"] = clock.total_ms()
         for stage, ms in clock.ms.items():
             self.metrics.stage_seconds(stage, ms / 1000)
-        if isinstance(error, ServiceUnavailable) and "overloaded" in str(error):
-            self.metrics.load_shed("backpressure")
         fields: dict[str, Any] = {
             "request_id": request_id, "question_chars": len(request.question), "tenant": access.tenant,
             "latency_ms": clock.ms["total"], "stages_ms": clock.ms,

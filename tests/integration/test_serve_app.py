@@ -219,3 +219,10 @@ def test_a_full_queue_sheds_load_with_503_and_retry_after(tmp_path, ray_cluster,
     assert statuses[503] > 0 and statuses[200] > 0, statuses
     for response in (r for r in responses if r.status_code == 503):
         assert response.headers.get("Retry-After") and "overloaded" in response.json()["error"]
+    # ...and shed requests are counted on the node's Prometheus endpoint.
+    from tests.integration.test_observability import scrape, total
+
+    deadline = time.monotonic() + 60
+    while total(scrape(ray_cluster.metrics_url), "ray_rag_load_shed_total", reason="queue_full", application="shed") < 1:
+        assert time.monotonic() < deadline, "rag_load_shed_total never appeared"
+        time.sleep(2)
