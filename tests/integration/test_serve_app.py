@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -42,6 +43,10 @@ def wait_for(url: str, status: int = 200, timeout_s: float = 240) -> httpx.Respo
 def serve_run_service(pdf_index):
     """`serve run configs/serve.yaml` exactly as in the README, on its own local Ray (-a local)."""
     index_dir, _ = pdf_index
+    # Otherwise the tests below would silently talk to whatever already serves that port.
+    with socket.socket() as probe:
+        if probe.connect_ex(("127.0.0.1", SERVE_PORT)) == 0:
+            pytest.fail(f"port {SERVE_PORT} (configs/serve.yaml) is already in use by another process; stop it first (e.g. `ray stop`)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "RAY_ADDRESS"))}
     # The module sends more requests from one client than the anonymous rate limit allows.
     env.update(RAG_INDEX_DIR=str(index_dir), RAG_AUTH__RATE_LIMIT_ENABLED="false", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
