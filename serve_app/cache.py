@@ -288,7 +288,10 @@ class AnswerCache:
             return None
         if not entries:
             return None
-        ids, questions, matrix = _unpack_entries(entries)
+        try:
+            ids, questions, matrix = _unpack_entries(entries)
+        except (ValueError, struct.error):  # an entry this code did not write: never an error for the caller
+            return None
         query = _unit(np.asarray(vector, dtype=np.float32))
         if matrix.shape[1] != query.shape[0]:
             return None

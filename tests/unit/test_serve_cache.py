@@ -159,6 +159,17 @@ def test_no_hit_across_scopes_filters_versions_or_pipelines(cache: AnswerCache, 
     assert same_scope is not None
 
 
+def test_a_malformed_semantic_entry_is_a_miss_not_an_error() -> None:
+    prefix = unique_prefix("bad")
+    cache = AnswerCache(RedisCacheStore(FailFastRedis(SHARED_REDIS_URL)), key_prefix=prefix)
+    shared_redis().lpush(cache._list_key(scope()), b"\x00" * 7)
+    try:
+        assert run(cache.lookup_semantic(scope(), "q", unit(np.ones(8)))) is None
+    finally:
+        for key in shared_redis().scan_iter(match=f"{prefix}:*"):
+            shared_redis().delete(key)
+
+
 def test_the_semantic_list_keeps_the_newest_entries(cache: AnswerCache) -> None:
     vectors = [unit(v) for v in np.random.default_rng(3).normal(size=(12, 384))]
 
