@@ -17,12 +17,12 @@ from typing import Any, Sequence
 import numpy as np
 import pyarrow as pa
 
+from ingest_jobs.redaction import shared_redactor
 from rag_core.chunking import RecursiveChunker
 from rag_core.embedding import EmbeddingModelSpec, load_for_spec
 from rag_core.index_store import chunk_schema
-from ingest_jobs.redaction import shared_redactor
 from rag_core.parsing import DocumentParseError, DocumentParser
-
+from rag_core.settings import PIISettings
 
 def make_chunk_id(file_sha256: str, file_path: str, chunk_index: int) -> str:
     """Deterministic: the file's content hash and the chunk's position. A short hash of the path
@@ -41,7 +41,7 @@ class ParseConfig:
     index_version: str
     pii_mode: str = "off"
     pii_entities: tuple[str, ...] = ()
-    pii_score_threshold: float = 0.4
+    pii_score_threshold: float = PIISettings().score_threshold
     pii_spacy_model: str | None = None
 
 

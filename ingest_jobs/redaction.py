@@ -14,6 +14,8 @@ from collections import Counter
 from functools import lru_cache
 from typing import Any, Iterable
 
+from rag_core.settings import PIISettings
+
 log = logging.getLogger("ingest_jobs.redaction")
 
 NER_ENTITIES = {"PERSON", "LOCATION", "ORGANIZATION", "NRP"}
@@ -29,7 +31,8 @@ def _offline_public_suffixes() -> None:
 
 
 class PIIRedactor:
-    def __init__(self, mode: str = "redact", entities: Iterable[str] = (), score_threshold: float = 0.5, spacy_model: str | None = None):
+    def __init__(self, mode: str = "redact", entities: Iterable[str] = (), score_threshold: float = PIISettings().score_threshold,
+                 spacy_model: str | None = None):
         self.mode = mode
         self.score_threshold = score_threshold
         self.analyzer: Any = None

@@ -241,7 +241,8 @@ class IngestRun:
                 failed_paths[record["file"]] = record["error"]
             good = batch.filter(pc.equal(errors, ""))
             for record in good.select(["file", "pii"]).to_pylist():
-                self.pii_found.setdefault(record["file"], json.loads(record["pii"]))
+                if record["file"] not in self.pii_found:  # every chunk row carries its file's counts
+                    self.pii_found[record["file"]] = json.loads(record["pii"])
             good = good.drop_columns(PIPELINE_COLUMNS)
             if good.num_rows:
                 builder.add(good)

@@ -66,7 +66,6 @@ async def authorize(request: Request, bearer: HTTPAuthorizationCredentials | Non
         decision = await state.rate_limiter.check(bucket, caller.rate_per_minute, caller.burst)
         if not decision.allowed:
             raise RateLimited(decision)
-    request.state.caller = caller
     return caller
 
 

@@ -27,7 +27,7 @@ import re
 import struct
 import unicodedata
 from collections import Counter, deque
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any, Literal, Protocol
 
@@ -343,6 +343,3 @@ def _unpack_entries(entries: list[bytes]) -> tuple[list[str], list[str], np.ndar
         vectors.append(np.frombuffer(entry, dtype="<f2", offset=18 + length))
     return ids, questions, np.stack(vectors).astype(np.float32)
 
-
-def scope_for_version(scope: CacheScope, index_version: str) -> CacheScope:
-    return replace(scope, index_version=index_version)

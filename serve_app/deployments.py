@@ -19,7 +19,6 @@ from rag_core.index_store import VersionedIndex
 from rag_core.logs import configure_json_logging
 from rag_core.settings import RAGSettings
 from serve_app.api import create_app, install_limits, install_security
-from serve_app.cache import AnswerCache
 from serve_app.metrics import RayIndexMetrics, RayQueryMetrics
 from serve_app.rate_limit import RateLimiter
 from serve_app.redis_conn import redis_from_settings
@@ -192,10 +191,7 @@ class Ingress:
         configure_json_logging()
         self.settings = settings
         redis = redis_from_settings(settings)  # one pool per replica: cache and rate limits
-        self.service = QueryService(ServeStages(embedder, retriever, reranker, generator), settings,
-                                    cache=AnswerCache.from_settings(settings, redis) if settings.cache.enabled else None,
-                                    index_version=VersionedIndex.from_settings(settings).current_version,
-                                    metrics=RayQueryMetrics())
+        self.service = QueryService.from_settings(ServeStages(embedder, retriever, reranker, generator), settings, redis, RayQueryMetrics())
         self.rate_limiter = RateLimiter(redis, settings.auth.rate_limit_prefix)
 
     def __serve_build_asgi_app__(self) -> Any:

@@ -16,7 +16,6 @@ from rag_core.index_store import VersionedIndex
 from rag_core.logs import configure_json_logging
 from rag_core.settings import RAGSettings, load_settings
 from serve_app.api import create_app, install_limits, install_security
-from serve_app.cache import AnswerCache
 from serve_app.rate_limit import RateLimiter
 from serve_app.redis_conn import redis_from_settings
 from serve_app.embedder import QueryEmbedder
@@ -83,9 +82,7 @@ def create_local_app(settings: RAGSettings, torch_threads: int | None = None) ->
     install_limits(app, settings.api)
     redis = redis_from_settings(settings)
     install_security(app, settings, RateLimiter(redis, settings.auth.rate_limit_prefix), settings.api.host)
-    service = QueryService(LocalStages(settings, torch_threads), settings,
-                           cache=AnswerCache.from_settings(settings, redis) if settings.cache.enabled else None,
-                           index_version=VersionedIndex.from_settings(settings).current_version)
+    service = QueryService.from_settings(LocalStages(settings, torch_threads), settings, redis)
     service.startup_time_seconds = time.monotonic() - started
     app.state.service = service
     return app

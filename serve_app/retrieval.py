@@ -10,19 +10,19 @@ the version they started with and none are dropped.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 import logging
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
+from datetime import datetime, timezone
 from dataclasses import dataclass
 from typing import Any, Literal, Sequence
 
 import bm25s
 import numpy as np
 
-from rag_core.index_reader import RetrievedChunk
 from rag_core.access import combine
+from rag_core.index_reader import RetrievedChunk
 from rag_core.index_store import VersionedIndex, VersionInfo, chroma_metadata, read_parquet_version
 from serve_app.filters import FilterError, matches
 
@@ -150,14 +150,12 @@ def last_ingest_summary(index: VersionedIndex) -> dict[str, Any] | None:
     if record is None:
         return None
     summary = record.get("summary") or {}
-    actions: dict[str, int] = {}
-    for entry in record.get("files", []):
-        actions[entry["action"]] = actions.get(entry["action"], 0) + 1
+    actions = Counter(entry["action"] for entry in record.get("files", []))
     duration = summary.get("duration_s") or 0.0
     chunks = summary.get("chunks_added", 0)
     return {
         "finished_at": record.get("finished_at"), "age_s": seconds_since(record.get("finished_at")),
-        "files": actions, "chunks_added": chunks, "failures": actions.get("failed", 0),
+        "files": dict(actions), "chunks_added": chunks, "failures": actions.get("failed", 0),
         "chunks_per_second": round(chunks / duration, 3) if duration else 0.0,
     }
 

@@ -11,15 +11,17 @@ import json
 import logging
 import time
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, AsyncIterator, Callable, Iterator, Protocol
 
 from rag_core.access import Access
 from rag_core.index_reader import RetrievedChunk
-from serve_app.cache import AnswerCache, CacheHit, CacheScope, CacheUnavailable, pipeline_identity, scope_for_version
+from rag_core.index_store import VersionedIndex
+from serve_app.cache import AnswerCache, CacheHit, CacheScope, CacheUnavailable, pipeline_identity
 from serve_app.faithfulness import answer_sentences, supported_share
 from serve_app.generation import ABSTAIN_ANSWER, MODE_DEGRADED, MODE_GENERATIVE, Answer
 from serve_app.metrics import NullMetrics, QueryMetrics
+from serve_app.redis_conn import FailFastRedis
 from serve_app.schemas import HealthResponse, QueryRequest, QueryResponse, RetrieveRequest, RetrieveResponse, Source
 
 log = logging.getLogger("serve_app.query")
@@ -101,6 +103,12 @@ class QueryService:
         self.startup_time_seconds: float | None = None
         self._background: set[asyncio.Task] = set()
 
+    @classmethod
+    def from_settings(cls, stages: Stages, settings: Any, redis: FailFastRedis | None, metrics: QueryMetrics | None = None) -> "QueryService":
+        """The answer cache (on the replica's Redis pool, else in-process) as the settings say."""
+        cache = AnswerCache.from_settings(settings, redis) if settings.cache.enabled else None
+        return cls(stages, settings, cache=cache, index_version=VersionedIndex.from_settings(settings).current_version, metrics=metrics)
+
     async def _retrieve(self, access: Access, text: str, top_k: int, where: dict | None, mode: str | None, rerank: bool | None, mmr: bool | None,
                         embedding: tuple[list[float], str] | None = None, clock: StageClock | None = None) -> Retrieved:
         clock = clock or StageClock()
@@ -160,7 +168,7 @@ class QueryService:
         if self.cache is None or lookup.scope is None or response.mode == MODE_DEGRADED:
             return
         # Filed under the version that actually answered: the retriever may lag the pointer briefly.
-        scope = scope_for_version(lookup.scope, response.index_version)
+        scope = replace(lookup.scope, index_version=response.index_version)
         vector = lookup.embedding[0] if lookup.embedding else None
         await self.cache.store_response(scope, request.question, vector, response.model_dump(exclude=_PER_REQUEST_FIELDS))
 

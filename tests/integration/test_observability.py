@@ -16,6 +16,7 @@ from tests.conftest import SAMPLES_DIR
 from tests.integration.conftest import run_ingest
 from tests.integration.test_serve_app import wait_for
 
+APP = "observed"  # metrics are filtered to this app: other tests' apps export the same names
 QUERY_LOG_FIELDS = {"request_id", "question_chars", "stages_ms", "chunks_retrieved", "cached", "cache", "answer_chars",
                     "sources", "mode", "index_version", "error", "tenant"}
 
@@ -50,8 +51,8 @@ def observed(tmp_path_factory, ray_cluster, serve_http):
     assert run_ingest(root / "index", ray_cluster, "--source", str(root / "docs")).returncode == 0
     settings = load_settings(REPO_ROOT / "configs/rag.yaml", index_dir=root / "index", auth={"rate_limit_enabled": False},
                              retrieval={"reload_check_interval_s": 0.5})
-    serve.run(build_graph(settings), name="observed", route_prefix="/observed")
-    base = f"{serve_http}/observed"
+    serve.run(build_graph(settings), name=APP, route_prefix=f"/{APP}")
+    base = f"{serve_http}/{APP}"
     wait_for(f"{base}/health")
     (root / "docs/heron.txt").write_text("Project Heron studies river birds; its field station opens in May.\n")
     second = run_ingest(root / "index", ray_cluster, "--source", str(root / "docs"))
@@ -64,7 +65,7 @@ def observed(tmp_path_factory, ray_cluster, serve_http):
             assert client.post(f"{base}/v1/query", json={"question": question}).status_code == 200
         assert client.post(f"{base}/v1/query", json={"question": ""}).status_code == 422
     yield base, second.summary, ray_cluster.metrics_url
-    serve.delete("observed")
+    serve.delete(APP)
 
 
 def test_rag_metrics_reach_the_prometheus_endpoint_with_plausible_values(observed) -> None:
@@ -73,26 +74,26 @@ def test_rag_metrics_reach_the_prometheus_endpoint_with_plausible_values(observe
     samples: dict[str, float] = {}
     while time.monotonic() < deadline:
         samples = scrape(metrics_url)
-        if (total(samples, "ray_rag_requests_total", route="/v1/query", status="200") >= 6
-                and total(samples, "ray_rag_index_version") >= 2 and total(samples, "ray_rag_ingest_last_run_chunks") > 0):
+        if (total(samples, "ray_rag_requests_total", application=APP, route="/v1/query", status="200") >= 6
+                and total(samples, "ray_rag_index_version", application=APP) >= 2 and total(samples, "ray_rag_ingest_last_run_chunks", application=APP) > 0):
             break
         time.sleep(2)
-    assert total(samples, "ray_rag_requests_total", route="/v1/query", status="200") >= 6, sorted(samples)[:40]
-    assert total(samples, "ray_rag_requests_total", route="/v1/query", status="422") >= 1
+    assert total(samples, "ray_rag_requests_total", application=APP, route="/v1/query", status="200") >= 6, sorted(samples)[:40]
+    assert total(samples, "ray_rag_requests_total", application=APP, route="/v1/query", status="422") >= 1
     # Latency per stage: every fresh answer was embedded, retrieved and generated; hits only touched the cache.
     for stage in ("cache", "embed", "retrieve", "generate", "total"):
-        assert total(samples, "ray_rag_stage_latency_seconds_count", stage=stage) >= 2, stage
-    assert total(samples, "ray_rag_stage_latency_seconds_count", stage="total") >= 6
-    assert total(samples, "ray_rag_cache_lookups_total", outcome="miss") >= 2
-    assert total(samples, "ray_rag_cache_lookups_total", outcome="exact") >= 4
-    assert total(samples, "ray_rag_retrieval_top_score_count") >= 2
-    assert total(samples, "ray_rag_index_version") >= 2
-    assert total(samples, "ray_rag_index_chunks") >= summary["chunks_total"]
-    assert 0 <= total(samples, "ray_rag_ingest_last_success_age_seconds") < 600
-    assert total(samples, "ray_rag_ingest_last_run_files", action="added") >= 1
-    assert total(samples, "ray_rag_ingest_last_run_chunks") >= summary["chunks_added"]
-    assert total(samples, "ray_rag_ingest_last_run_chunks_per_second") > 0
-    mean_latency = total(samples, "ray_rag_stage_latency_seconds_sum", stage="total") / total(samples, "ray_rag_stage_latency_seconds_count", stage="total")
+        assert total(samples, "ray_rag_stage_latency_seconds_count", application=APP, stage=stage) >= 2, stage
+    assert total(samples, "ray_rag_stage_latency_seconds_count", application=APP, stage="total") >= 6
+    assert total(samples, "ray_rag_cache_lookups_total", application=APP, outcome="miss") >= 2
+    assert total(samples, "ray_rag_cache_lookups_total", application=APP, outcome="exact") >= 4
+    assert total(samples, "ray_rag_retrieval_top_score_count", application=APP) >= 2
+    assert total(samples, "ray_rag_index_version", application=APP) >= 2
+    assert total(samples, "ray_rag_index_chunks", application=APP) >= summary["chunks_total"]
+    assert 0 <= total(samples, "ray_rag_ingest_last_success_age_seconds", application=APP) < 600
+    assert total(samples, "ray_rag_ingest_last_run_files", application=APP, action="added") >= 1
+    assert total(samples, "ray_rag_ingest_last_run_chunks", application=APP) >= summary["chunks_added"]
+    assert total(samples, "ray_rag_ingest_last_run_chunks_per_second", application=APP) > 0
+    mean_latency = total(samples, "ray_rag_stage_latency_seconds_sum", application=APP, stage="total") / total(samples, "ray_rag_stage_latency_seconds_count", application=APP, stage="total")
     assert 0 < mean_latency < 30
 
 
