@@ -24,6 +24,13 @@ from rag_core.index_store import chunk_schema
 from rag_core.parsing import DocumentParseError, DocumentParser
 from rag_core.settings import PIISettings
 
+def current_node_id() -> str:
+    """The Ray node this stage runs on, recorded per row so a run shows where its work went."""
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
+
+
 def make_chunk_id(file_sha256: str, file_path: str, chunk_index: int) -> str:
     """Deterministic: the file's content hash and the chunk's position. A short hash of the path
     keeps identical files at two paths from colliding (both stay citable)."""
@@ -61,7 +68,8 @@ class ParseAndChunk:
         rows: list[dict[str, Any]] = []
         for record in files.to_pylist():
             rows.extend(self._one_file(record))
-        return pa.Table.from_pylist(rows, schema=parsed_schema())
+        node = current_node_id()
+        return pa.Table.from_pylist([{**row, "parse_node": node} for row in rows], schema=parsed_schema())
 
     def _one_file(self, record: dict[str, Any]) -> list[dict[str, Any]]:
         data: bytes = record["data"]
@@ -112,12 +120,13 @@ def _failure_row(common: dict[str, Any], reason: str) -> dict[str, Any]:
 
 
 # Columns the pipeline adds for the driver, dropped before chunks are stored.
-PIPELINE_COLUMNS = ["error", "pii"]
+PIPELINE_COLUMNS = ["error", "pii", "parse_node", "embed_node"]
 
 
 def parsed_schema() -> pa.Schema:
     fields = [f for f in chunk_schema(1) if f.name != "embedding"]
-    return pa.schema([*fields, pa.field("error", pa.string()), pa.field("pii", pa.string())])
+    extra = [pa.field("error", pa.string()), pa.field("pii", pa.string()), pa.field("parse_node", pa.string())]
+    return pa.schema([*fields, *extra])
 
 
 def parse_and_chunk_batch(files: pa.Table, config: ParseConfig) -> pa.Table:
@@ -146,7 +155,8 @@ class EmbedChunks:
         if wanted:
             vectors[wanted] = self.model.embed_documents([texts[i] for i in wanted], self.batch_size)
         column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), type=pa.float32()), dimension)
-        return chunks.append_column("embedding", column)
+        nodes = pa.array([current_node_id()] * chunks.num_rows, type=pa.string())
+        return chunks.append_column("embedding", column).append_column("embed_node", nodes)
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
             target = args.to or previous_version(index)
             index.info(target)  # must exist and be committed
             index.set_current(target)
-            index.audit.append({"event": "rollback", "status": "completed", "triggered_by": actor, "finished_at": utc_now(), "index_version": target, "previous_version": current, "files": []})
+            index.record({"event": "rollback", "status": "completed", "triggered_by": actor, "finished_at": utc_now(), "index_version": target, "previous_version": current, "files": []})
     except IndexLockBusy as exc:
         print(json.dumps({"error": str(exc)}))
         return 75

@@ -44,6 +44,9 @@ class IngestSummary:
     files_ignored: int = 0
     pii_redacted: dict[str, int] = field(default_factory=dict)  # PII type -> values redacted in this run
     full_rebuild_reason: str | None = None
+    # Where the work ran: Ray node id -> files parsed there, and -> chunks embedded there.
+    parse_nodes: dict[str, int] = field(default_factory=dict)
+    embed_nodes: dict[str, int] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -65,12 +68,23 @@ def connect_ray(settings: RAGSettings) -> None:
     ray.init(address=address or "local", log_to_driver=True, configure_logging=False)
 
 
+def embed_gpus_per_actor(setting: float | str) -> float:
+    """'auto': one GPU per embedding actor when the cluster has any GPU now, else the CPU."""
+    if setting != "auto":
+        return float(setting)
+    import ray
+
+    return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
+
+
 class IngestRun:
     def __init__(self, settings: RAGSettings, source: Path, full: bool = False):
         self.settings = settings
         self.source = Path(source)
         self.full = full
         self.pii_found: dict[str, dict[str, int]] = {}  # file -> PII type -> count redacted
+        self.parse_nodes: dict[str, str] = {}  # file -> node that parsed it
+        self.embed_nodes: Counter = Counter()  # node -> chunks embedded there
         self.index = VersionedIndex.from_settings(settings)
         self.actor = default_actor(settings.triggered_by)
 
@@ -156,6 +170,8 @@ class IngestRun:
         for path in new_entries:
             totals.update(self.pii_found.get(path, {}))
         summary.pii_redacted = dict(sorted(totals.items()))
+        summary.parse_nodes = dict(sorted(Counter(self.parse_nodes.values()).items()))
+        summary.embed_nodes = dict(sorted(self.embed_nodes.items()))
         summary.files_deleted = len(diff.deleted)
         summary.files_failed = [asdict(f) for f in failures]
         summary.chunks_added = sum(len(e.chunk_ids) for e in new_entries.values())
@@ -225,7 +241,7 @@ class IngestRun:
             embed_actors_min=s.ingest.embed_actors_min,
             embed_actors_max=s.ingest.embed_actors_max,
             embed_num_cpus=s.ingest.embed_num_cpus,
-            embed_num_gpus=s.ingest.embed_num_gpus,
+            embed_num_gpus=embed_gpus_per_actor(s.ingest.embed_num_gpus),
             embed_torch_threads=s.ingest.embed_torch_threads,
             embedding_device=s.embedding_device,
             parse_num_cpus=s.ingest.parse_num_cpus,
@@ -237,12 +253,14 @@ class IngestRun:
         files_done: set[str] = set()
         for batch in dataset.iter_batches(batch_size=s.ingest.write_batch_size, batch_format="pyarrow"):
             errors = batch.column("error")
+            self.parse_nodes.update(zip(batch.column("file").to_pylist(), batch.column("parse_node").to_pylist()))
             for record in batch.filter(pc.not_equal(errors, "")).select(["file", "error"]).to_pylist():
                 failed_paths[record["file"]] = record["error"]
             good = batch.filter(pc.equal(errors, ""))
             for record in good.select(["file", "pii"]).to_pylist():
                 if record["file"] not in self.pii_found:  # every chunk row carries its file's counts
                     self.pii_found[record["file"]] = json.loads(record["pii"])
+            self.embed_nodes.update(good.column("embed_node").to_pylist())
             good = good.drop_columns(PIPELINE_COLUMNS)
             if good.num_rows:
                 builder.add(good)
@@ -292,7 +310,7 @@ class IngestRun:
         if error:
             record["error"] = error
         record["files"] = files
-        self.index.audit.append(record)
+        self.index.record(record)
 
 
 class _Progress:
@@ -355,7 +373,7 @@ def rebuild_from_parquet(settings: RAGSettings, parquet_dir: Path, triggered_by:
             full_rebuild_reason=f"rebuilt from Parquet {parquet_dir}",
             duration_s=round(time.monotonic() - started, 3),
         )
-        index.audit.append(
+        index.record(
             {"event": "rebuild_from_parquet", "status": "completed", "triggered_by": actor, "started_at": started_at, "finished_at": utc_now(), "source": str(Path(parquet_dir).resolve()), "index_version": info.version, "previous_version": current, "embedding_model": spec.name, "summary": summary.to_dict(), "files": []}
         )
     return summary

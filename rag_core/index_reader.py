@@ -42,7 +42,7 @@ class IndexReader:
         if self._info is not None and current == self._info.version:
             return False
         if current is None:
-            raise IndexStoreError(f"no index at {self.index.index_dir}: run the ingest job first")
+            raise IndexStoreError(f"no index at {self.index.location}: run the ingest job first")
         info = self.index.info(current)
         client, collection = self.index.backend.open(current)
         with self._lock:

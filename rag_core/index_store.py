@@ -1,13 +1,21 @@
 """The versioned index: each version's vectors in its own ChromaDB collection, its chunks and
 embeddings in Parquet, its manifest beside them, and one atomically replaced "current" pointer.
 
+Two stores:
+- embedded (no `chroma_url`): everything lives in `index_dir` on one machine.
+- server (`chroma_url` set, the cluster path): the pointer, each committed version's info and the
+  last ingest summary also live on the Chroma server, in the `<prefix>-meta` collection, and
+  readers (Serve replicas on any node) use only the server: no disk is shared between nodes.
+  `index_dir` is then the ingest writer's own state (manifests, Parquet copy, audit trail, lock),
+  kept on the node that runs ingest jobs (the head).
+
 A version is built apart from the one being served and only becomes visible when the pointer
 flips, so readers never see a half-written index. An embedded Chroma client that stays open
 while another process writes the same collection returns stale vectors; giving every version
 its own folder (embedded) or collection (server) and reopening on a version change avoids that.
 
 Layout of `index_dir`:
-    CURRENT.json                  pointer: {"version": ..., "updated_at": ...}
+    CURRENT.json                  pointer: {"version": ..., "updated_at": ...} (embedded store)
     audit.jsonl                   audit trail
     ingest.lock                   held by the one writer
     versions/<version>/
@@ -20,10 +28,14 @@ Layout of `index_dir`:
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
 import tempfile
+import threading
+import time
+from collections import Counter
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -39,6 +51,8 @@ from rag_core.audit import AuditLog, utc_now
 from rag_core.embedding import EmbeddingModelSpec
 from rag_core.manifest import Manifest, ManifestEntry
 
+log = logging.getLogger("rag_core.index_store")
+
 POINTER_FILE = "CURRENT.json"
 VERSIONS_DIR = "versions"
 VERSION_INFO_FILE = "version.json"
@@ -48,6 +62,8 @@ CHROMA_DIR = "chroma"
 LOCK_FILE = "ingest.lock"
 AUDIT_FILE = "audit.jsonl"
 EMBEDDED_COLLECTION = "chunks"
+META_COLLECTION_SUFFIX = "meta"
+SERVER_PAGE_SIZE = 5_000
 PARQUET_METADATA_KEY = b"rag_index"
 PARQUET_ROWS_PER_FILE = 100_000
 
@@ -193,6 +209,87 @@ class ChromaBackend:
             pass
 
 
+class ServerCatalog:
+    """The index's shared state on the Chroma server: the current pointer, committed versions'
+    info and the last completed ingest, as JSON records in the `<prefix>-meta` collection.
+
+    Readers on every node follow the pointer from here. The pointer is cached for
+    `pointer_cache_s` because the ingress reads it on every request (for the cache key); a failed
+    read keeps the last value seen, so a Chroma blip does not take the cache key away."""
+
+    POINTER = "pointer"
+    LAST_INGEST = "last-ingest"
+
+    def __init__(self, backend: ChromaBackend, pointer_cache_s: float = 1.0):
+        self.backend = backend
+        self.pointer_cache_s = pointer_cache_s
+        self._collection: Any = None
+        self._pointer: tuple[float, str | None] | None = None  # (read at, version)
+        self._lock = threading.Lock()
+
+    @property
+    def collection_name(self) -> str:
+        return f"{self.backend.collection_prefix}-{META_COLLECTION_SUFFIX}"
+
+    def _meta(self) -> Any:
+        if self._collection is None:
+            client = self.backend.client(META_COLLECTION_SUFFIX)
+            self._collection = client.get_or_create_collection(self.collection_name, embedding_function=None)
+        return self._collection
+
+    def _get(self, record_id: str) -> dict[str, Any] | None:
+        got = self._meta().get(ids=[record_id], include=["documents"])
+        return json.loads(got["documents"][0]) if got["ids"] else None
+
+    def _put(self, record_id: str, payload: dict[str, Any]) -> None:
+        # Chroma keeps a vector per record; these records are looked up by id only.
+        self._meta().upsert(ids=[record_id], documents=[json.dumps(payload, default=str)], embeddings=[[1.0]])
+
+    def pointer(self) -> str | None:
+        now = time.monotonic()
+        cached = self._pointer
+        if cached is not None and now - cached[0] < self.pointer_cache_s:
+            return cached[1]
+        with self._lock:
+            try:
+                record = self._get(self.POINTER)
+            except Exception as exc:
+                if cached is None:
+                    raise IndexStoreError(f"cannot read the index pointer from {self.backend.chroma_url}: {exc}") from exc
+                log.warning("index pointer unreadable; keeping the last one", extra={"fields": {"error": str(exc)[:200]}})
+                return cached[1]
+            version = record["version"] if record else None
+            self._pointer = (now, version)
+            return version
+
+    def set_pointer(self, version: str) -> None:
+        self._put(self.POINTER, {"version": version, "updated_at": utc_now()})
+        self._pointer = (time.monotonic(), version)
+
+    def version_info(self, version: str) -> VersionInfo | None:
+        record = self._get(f"version:{version}")
+        return VersionInfo(**record) if record else None
+
+    def put_version(self, info: VersionInfo) -> None:
+        self._put(f"version:{info.version}", asdict(info))
+
+    def drop_version(self, version: str) -> None:
+        self._meta().delete(ids=[f"version:{version}"])
+
+    def last_ingest(self) -> dict[str, Any] | None:
+        return self._get(self.LAST_INGEST)
+
+    def put_last_ingest(self, record: dict[str, Any]) -> None:
+        self._put(self.LAST_INGEST, record)
+
+
+def compact_ingest_record(record: dict[str, Any]) -> dict[str, Any]:
+    """An audit record with its per-file list replaced by counts per action (bounded size)."""
+    compact = {k: v for k, v in record.items() if k != "files"}
+    compact["file_actions"] = dict(Counter(entry["action"] for entry in record.get("files", [])))
+    return compact
+
+
 def chroma_metadata(row: dict[str, Any]) -> dict[str, Any]:
     metadata = {
         "file": row["file"],
@@ -284,6 +381,8 @@ class VersionBuilder:
             collection=self.index.backend.collection_name(self.version),
             parent_version=self.parent,
         )
+        if self.index.catalog is not None:  # readers on other nodes find the version there
+            self.index.catalog.put_version(info)
         _atomic_write(self.directory / VERSION_INFO_FILE, json.dumps(asdict(info), indent=1))
         return info
 
@@ -297,28 +396,74 @@ class VersionBuilder:
 class VersionedIndex:
     """Versions, the current pointer, the writer lock, rollback and garbage collection."""
 
-    def __init__(self, index_dir: Path, chroma_url: str | None = None, collection_prefix: str = "rag"):
+    def __init__(self, index_dir: Path, chroma_url: str | None = None, collection_prefix: str = "rag", pointer_cache_s: float = 1.0):
         self.index_dir = Path(index_dir)
         self.versions_root = self.index_dir / VERSIONS_DIR
         self.backend = ChromaBackend(self.versions_root, chroma_url, collection_prefix)
+        self.catalog = ServerCatalog(self.backend, pointer_cache_s) if chroma_url else None
         self.audit = AuditLog(self.index_dir / AUDIT_FILE)
 
     @classmethod
     def from_settings(cls, settings: Any) -> "VersionedIndex":
-        return cls(settings.index_dir, settings.chroma_url, settings.chroma_collection_prefix)
+        return cls(settings.index_dir, settings.chroma_url, settings.chroma_collection_prefix, settings.chroma_pointer_cache_s)
+
+    @property
+    def location(self) -> str:
+        """Where readers look, for messages: the Chroma server or the index folder."""
+        return self.backend.chroma_url or str(self.index_dir)
 
     # -- reading ---------------------------------------------------------------------------
     def current_version(self) -> str | None:
+        if self.catalog is not None:
+            return self.catalog.pointer()
         pointer = self.index_dir / POINTER_FILE
         if not pointer.exists():
             return None
         return json.loads(pointer.read_text())["version"]
 
     def info(self, version: str) -> VersionInfo:
+        if self.catalog is not None:
+            info = self.catalog.version_info(version)
+            if info is None:
+                raise IndexStoreError(f"index version {version!r} is not committed on {self.backend.chroma_url}")
+            return info
         path = self.versions_root / version / VERSION_INFO_FILE
         if not path.exists():
             raise IndexStoreError(f"index version {version!r} does not exist or was never committed")
         return VersionInfo.load(path)
+
+    def chunk_rows(self, version: str) -> tuple[list[str], list[str], list[dict[str, Any]]]:
+        """A version's chunk ids, texts and metadata (the lexical index's input): from the
+        server's collection in server mode, so a reader needs no file of the writer's."""
+        if self.catalog is None:
+            table, _ = read_parquet_version(self.parquet_dir(version))
+            rows = table.drop_columns(["embedding"]).to_pylist()
+            return [r["chunk_id"] for r in rows], [r["text"] for r in rows], [chroma_metadata(r) for r in rows]
+        _, collection = self.backend.open(version)
+        ids: list[str] = []
+        texts: list[str] = []
+        metadatas: list[dict[str, Any]] = []
+        total = collection.count()
+        for offset in range(0, total, SERVER_PAGE_SIZE):
+            page = collection.get(include=["documents", "metadatas"], limit=SERVER_PAGE_SIZE, offset=offset)
+            ids += page["ids"]
+            texts += page["documents"]
+            metadatas += page["metadatas"]
+        if len(ids) != total or len(set(ids)) != total:
+            raise IndexStoreError(f"version {version}: read {len(set(ids))} distinct chunks of {total} from the server")
+        return ids, texts, metadatas
+
+    def last_completed_ingest(self) -> dict[str, Any] | None:
+        """The last successful ingest run's audit record (per-file actions as counts in server mode)."""
+        if self.catalog is not None:
+            return self.catalog.last_ingest()
+        return self.audit.last_completed_ingest()
+
+    def record(self, event: dict[str, Any]) -> None:
+        """Append to the audit trail; a completed ingest is also published for readers on any node."""
+        self.audit.append(event)
+        if self.catalog is not None and event.get("event") == "ingest" and event.get("status") == "completed":
+            self.catalog.put_last_ingest(compact_ingest_record(event))
 
     def current_info(self) -> VersionInfo | None:
         version = self.current_version()
@@ -373,6 +518,9 @@ class VersionedIndex:
 
     def set_current(self, version: str) -> None:
         self.info(version)  # refuse to point at an uncommitted version
+        if self.catalog is not None:
+            self.catalog.set_pointer(version)
+            return
         _atomic_write(
             self.index_dir / POINTER_FILE, json.dumps({"version": version, "updated_at": utc_now()})
         )
@@ -380,6 +528,8 @@ class VersionedIndex:
     def discard(self, version: str) -> None:
         if version == self.current_version():
             raise IndexStoreError(f"refusing to delete the current version {version}")
+        if self.catalog is not None:
+            self.catalog.drop_version(version)  # first: no reader may find a version being dropped
         self.backend.drop(version)
         shutil.rmtree(self.versions_root / version, ignore_errors=True)
 

@@ -82,7 +82,11 @@ class IngestSettings(BaseModel):
     embed_actors_min: int = Field(1, ge=1, description="Embedding actor pool: minimum size.")
     embed_actors_max: int = Field(1, ge=1, description="Embedding actor pool: maximum size.")
     embed_num_cpus: float = Field(1.0, ge=0)
-    embed_num_gpus: float = Field(0.0, ge=0, description="Set >0 so embedding actors run on GPUs.")
+    embed_num_gpus: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
+        "auto",
+        description="GPUs per embedding actor. 'auto': 1 when the cluster has GPUs when the job starts, else 0; "
+        "a number > 0 also makes an autoscaling cluster start GPU workers for the job.",
+    )
     embed_torch_threads: int | None = Field(
         None, ge=1, description="Torch threads per embedding actor; default: the node's cores."
     )
@@ -216,7 +220,7 @@ class RAGSettings(BaseSettings):
 
     index_dir: Path = Field(
         default_factory=default_index_dir,
-        description="Holds the current-version pointer, versions, manifests, Parquet and audit trail.",
+        description="Holds the versions, manifests, Parquet and audit trail (and, without chroma_url, the pointer).",
     )
     embedding_model: str = Field(
         "auto",
@@ -230,8 +234,13 @@ class RAGSettings(BaseSettings):
     hub_probe_timeout_s: float = Field(
         3.0, gt=0, description="How long 'auto' waits for the Hugging Face Hub before falling back."
     )
-    chroma_url: str | None = Field(None, description="ChromaDB server; unset = embedded store.")
+    chroma_url: str | None = Field(
+        None, description="ChromaDB server, required on a multi-node cluster (every node reads the index there); unset = embedded store."
+    )
     chroma_collection_prefix: str = "rag"
+    chroma_pointer_cache_s: float = Field(
+        1.0, ge=0, description="How long a reader trusts the current-version pointer read from the Chroma server."
+    )
     redis_url: str | None = Field(None, description="Shared answer cache and rate limits; unset = in-process cache.")
     llm_base_url: str | None = None
     llm_model: str | None = None

@@ -40,7 +40,7 @@ class QueryEmbedder:
                 self.error = f"cannot read the index: {exc}"
                 return self._model
             if info is None:
-                self.error = f"no index at {self.index.index_dir}: run the ingest job first"
+                self.error = f"no index at {self.index.location}: run the ingest job first"
                 return self._model
             spec = info.model_spec
             if self._model is None or not same_vector_space(self._model.spec, spec):

@@ -23,7 +23,7 @@ import numpy as np
 
 from rag_core.access import combine
 from rag_core.index_reader import RetrievedChunk
-from rag_core.index_store import VersionedIndex, VersionInfo, chroma_metadata, read_parquet_version
+from rag_core.index_store import IndexStoreError, VersionedIndex, VersionInfo
 from serve_app.filters import FilterError, matches
 
 log = logging.getLogger("serve_app.retrieval")
@@ -144,13 +144,14 @@ def seconds_since(timestamp: str | None) -> float | None:
 def last_ingest_summary(index: VersionedIndex) -> dict[str, Any] | None:
     """The last successful ingest run, from the audit trail: when, files by action, chunks, speed."""
     try:
-        record = index.audit.last_completed_ingest()
-    except OSError:
+        record = index.last_completed_ingest()
+    except Exception as exc:  # an unreadable trail or an unreachable server: the index still serves
+        log.warning("last ingest unreadable", extra={"fields": {"error": str(exc)[:200]}})
         return None
     if record is None:
         return None
     summary = record.get("summary") or {}
-    actions = Counter(entry["action"] for entry in record.get("files", []))
+    actions = Counter(record.get("file_actions") or Counter(entry["action"] for entry in record.get("files", [])))
     duration = summary.get("duration_s") or 0.0
     chunks = summary.get("chunks_added", 0)
     return {
@@ -180,11 +181,11 @@ class HybridRetriever:
         """Load the current version if it differs from the served one. Safe to call often."""
         try:
             current = self.index.current_version()
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, IndexStoreError) as exc:
             self.last_error = f"cannot read the index pointer: {exc}"
             return False
         if current is None:
-            self.last_error = f"no index at {self.index.index_dir}: run the ingest job first"
+            self.last_error = f"no index at {self.index.location}: run the ingest job first"
             return False
         if self._snapshot is not None and self._snapshot.info.version == current:
             return False
@@ -209,14 +210,11 @@ class HybridRetriever:
 
     def _load(self, version: str) -> IndexSnapshot:
         info = self.index.info(version)
-        table, _ = read_parquet_version(self.index.parquet_dir(version))
-        rows = table.drop_columns(["embedding"]).to_pylist()
+        chunk_ids, texts, metadatas = self.index.chunk_rows(version)
         client, collection = self.index.backend.open(version)
-        texts = [row["text"] for row in rows]
         lexical = LexicalIndex(texts, self.settings.bm25_k1, self.settings.bm25_b, self.settings.bm25_stemmer)
-        chunk_ids = [row["chunk_id"] for row in rows]
         positions = {chunk_id: i for i, chunk_id in enumerate(chunk_ids)}
-        return IndexSnapshot(info, client, collection, lexical, chunk_ids, texts, [chroma_metadata(row) for row in rows], positions)
+        return IndexSnapshot(info, client, collection, lexical, chunk_ids, texts, metadatas, positions)
 
     def retrieve(
         self,

@@ -142,8 +142,8 @@ class QueryService:
     async def _check_cache(self, request: QueryRequest, access: Access, clock: StageClock) -> CacheLookup:
         """Exact lookup before any downstream call; on a miss, the query is embedded once, for the
         semantic lookup and then for retrieval."""
-        version = self.index_version() if self.cache and self.index_version else None
-        if version is None:  # no cache, or no index yet (retrieval will say so)
+        version = self._current_version() if self.cache else None
+        if version is None:  # no cache, no index yet or an unreadable pointer (retrieval will say so)
             return CacheLookup(None)
         assert self.cache is not None
         lookup = CacheLookup(CacheScope(version, request.filters, request.top_k, self.pipeline, access.scope_key))
@@ -162,6 +162,15 @@ class QueryService:
         if request.use_cache:
             self.metrics.cache(lookup.hit.kind if lookup.hit else "miss")
         return lookup
+
+    def _current_version(self) -> str | None:
+        if self.index_version is None:
+            return None
+        try:
+            return self.index_version()
+        except Exception as exc:  # answer uncached rather than fail: the retriever has its own copy
+            log.warning("index pointer unreadable; cache skipped", extra={"fields": {"error": str(exc)[:200]}})
+            return None
 
     async def _remember(self, lookup: CacheLookup, request: QueryRequest, response: QueryResponse) -> None:
         # A degraded answer (LLM down) is not worth keeping: the next request may get a real one.

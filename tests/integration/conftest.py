@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -14,12 +13,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import REPO_ROOT
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.local_cluster import free_port  # noqa: F401  (re-exported for the tests)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,8 @@ from rag_core.embedding import PACKAGED_MINILM, EmbeddingModel, packaged_minilm_
 from rag_core.index_reader import IndexReader
 from rag_core.index_store import VERSION_INFO_FILE, VersionedIndex
 from tests.conftest import REPO_ROOT, SAMPLES_DIR
-from tests.integration.conftest import free_port, ingest_env, run_ingest
+from tests.integration.conftest import ingest_env, run_ingest
+from tests.local_cluster import ChromaServer
 
 SUMMARY_KEYS = {
     "index_version", "files_seen", "files_indexed", "files_unchanged", "files_deleted",
@@ -301,25 +302,12 @@ def test_ray_job_submit_runs_the_job_on_the_cluster(tmp_path, ray_cluster):
 
 @pytest.fixture()
 def chroma_server(tmp_path):
-    port = free_port()
-    chroma = shutil.which("chroma", path=str(Path(sys.executable).parent))
-    process = subprocess.Popen([chroma, "run", "--path", str(tmp_path / "chroma-server"), "--host", "127.0.0.1", "--port", str(port)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    import chromadb
-
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            chromadb.HttpClient(host="127.0.0.1", port=port).heartbeat()
-            break
-        except Exception:
-            if time.monotonic() > deadline or process.poll() is not None:
-                process.kill()
-                pytest.fail("chroma server did not start")
-            time.sleep(0.3)
-    yield f"http://127.0.0.1:{port}"
-    process.terminate()
-    process.wait(timeout=30)
+    try:
+        server = ChromaServer(tmp_path / "chroma-server").start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    yield server.url
+    server.stop()
 
 
 def test_chroma_server_store_and_rebuild_from_parquet(tmp_path, ray_cluster, chroma_server, model):
@@ -349,7 +337,7 @@ def test_chroma_server_store_and_rebuild_from_parquet(tmp_path, ray_cluster, chr
 
     port = int(chroma_server.rsplit(":", 1)[1])
     names = {c.name for c in chromadb.HttpClient(host="127.0.0.1", port=port).list_collections()}
-    assert names == {f"rag-{incremental.summary['index_version']}"}
+    assert names == {f"rag-{incremental.summary['index_version']}", "rag-meta"}
     assert not (tmp_path / "server" / "versions" / "v000001" / "chroma").exists()
 
 

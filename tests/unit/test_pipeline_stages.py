@@ -161,7 +161,8 @@ def test_embed_adds_a_384_wide_column_with_zeros_on_failure_rows(mixed_files: pa
     out = embedder(parsed)
 
     assert out.schema.field("embedding").type == pa.list_(pa.float32(), 384)
-    assert out.drop_columns(["embedding"]).equals(parsed)  # nothing else changes
+    assert out.drop_columns(["embedding", "embed_node"]).equals(parsed)  # nothing else changes
+    assert set(out.column("embed_node").to_pylist()) == {"local"} == set(parsed.column("parse_node").to_pylist())  # no Ray here
     vectors = np.array(out.column("embedding").to_pylist(), dtype=np.float32)
     failed = np.array([e != "" for e in out.column("error").to_pylist()])
     assert failed.sum() == 2
