@@ -273,6 +273,11 @@ class ServerCatalog:
     def put_version(self, info: VersionInfo) -> None:
         self._put(f"version:{info.version}", asdict(info))
 
+    def versions(self) -> list[str]:
+        """Committed versions known to the server (any writer's, whatever its disk still holds)."""
+        ids = self._meta().get(include=[])["ids"]
+        return [i.split(":", 1)[1] for i in ids if i.startswith("version:")]
+
     def drop_version(self, version: str) -> None:
         self._meta().delete(ids=[f"version:{version}"])
 
@@ -478,6 +483,8 @@ class VersionedIndex:
         return self.versions_root / version / PARQUET_DIR
 
     def committed_versions(self) -> list[str]:
+        if self.catalog is not None:  # the server's list: it outlives any one writer's disk
+            return sorted((v for v in self.catalog.versions() if _VERSION_PATTERN.match(v)), key=lambda name: int(name[1:]))
         return [v for v in self._all_version_dirs() if (self.versions_root / v / VERSION_INFO_FILE).exists()]
 
     def _all_version_dirs(self) -> list[str]:
@@ -510,7 +517,10 @@ class VersionedIndex:
         # Includes builds left by killed runs; an aborted build's number may be reused since it was
         # never visible (a leftover server collection of that name is dropped before reuse).
         existing = self._all_version_dirs()
-        number = int(existing[-1][1:]) + 1 if existing else 1
+        if self.catalog is not None:
+            # A writer whose index_dir was lost must not reuse a number the server still serves.
+            existing += [v for v in self.catalog.versions() if _VERSION_PATTERN.match(v)]
+        number = max((int(v[1:]) for v in existing), default=0) + 1
         return f"v{number:06d}"
 
     def begin(self, spec: EmbeddingModelSpec, chunking: dict[str, Any], parent: str | None) -> VersionBuilder:
@@ -538,7 +548,8 @@ class VersionedIndex:
         current = self.current_version()
         committed = self.committed_versions()
         keep_set = set(committed[-keep:] if keep > 0 else []) | ({current} if current else set())
-        removed = [v for v in self._all_version_dirs() if v not in keep_set]
+        candidates = sorted(set(self._all_version_dirs()) | set(committed), key=lambda name: int(name[1:]))
+        removed = [v for v in candidates if v not in keep_set]
         for version in removed:
             self.discard(version)
         return removed

@@ -54,6 +54,9 @@ class LocalRayCluster:
 
     workers: int = 2
     worker_cpus: int = 2
+    # Pin worker i to core i (taskset; children inherit it), so a node's work really runs on its
+    # own core, as on separate machines: for the scaling benchmarks.
+    pin_cores: bool = False
     object_store_bytes: int = 400 * 2**20
     gcs_port: int = field(default_factory=free_port)
     dashboard_port: int = field(default_factory=free_port)
@@ -81,14 +84,16 @@ class LocalRayCluster:
             self._spawn(f"worker-{index}", [
                 f"--address={self.gcs_address}", f"--num-cpus={self.worker_cpus}",
                 f"--resources={json.dumps({f'worker_{index}': 1})}",
-            ])
+            ], core=index % (os.cpu_count() or 1) if self.pin_cores else None)
             self._wait_for_nodes(2 + index, timeout_s)
         return self
 
-    def _spawn(self, name: str, args: list[str]) -> None:
+    def _spawn(self, name: str, args: list[str], core: int | None = None) -> None:
         assert self.log_dir is not None
         log = (self.log_dir / f"{name}.log").open("w")
         command = [str(VENV_BIN / "ray"), "start", "--block", f"--object-store-memory={self.object_store_bytes}", *_node_ports(), *args]
+        if core is not None:
+            command = ["taskset", "-c", str(core), *command]
         self.processes.append(subprocess.Popen(command, env=ray_env(), stdout=log, stderr=subprocess.STDOUT, start_new_session=True))
 
     def nodes(self) -> list[dict[str, Any]]:

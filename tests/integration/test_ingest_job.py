@@ -363,3 +363,13 @@ def test_an_open_reader_keeps_serving_while_a_new_version_is_written(tmp_path, r
     assert reader.search(new_query, 1)[0].file == "kestrel.txt"
     assert reader.search(old_query, 1)[0].file == "oncall-runbook.md"
     reader.close()
+
+
+def test_embedding_gpus_auto_follow_the_cluster(ray_cluster):
+    import ray
+
+    from ingest_jobs.runner import embed_gpus_per_actor
+
+    assert ray.cluster_resources().get("GPU", 0) == 0
+    assert embed_gpus_per_actor("auto") == 0.0  # no GPU in this cluster: embed on CPUs
+    assert embed_gpus_per_actor(0.5) == 0.5 and embed_gpus_per_actor(1) == 1.0  # explicit: asks Ray (and its autoscaler)

@@ -108,3 +108,12 @@ def test_head_store_script_starts_chroma_and_redis(tmp_path):
         subprocess.run(["bash", script, "stop"], env=env, capture_output=True, timeout=60)
     probe = subprocess.run(shlex.split(f"redis-cli -p {redis_port} ping"), capture_output=True, text=True)
     assert probe.stdout.strip() != "PONG"
+
+
+@pytest.mark.parametrize("name", ["serve.yaml", "serve-cluster.yaml"])
+def test_serve_configs_validate_against_serves_schema(name):
+    from ray.serve.schema import ServeDeploySchema
+
+    config = ServeDeploySchema.model_validate(yaml.safe_load((REPO_ROOT / "configs" / name).read_text()))
+    deployments = {d.name for d in config.applications[0].deployments}
+    assert deployments == {"Ingress", "Embedder", "Retriever", "Reranker", "Generator"}
