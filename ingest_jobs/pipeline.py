@@ -24,6 +24,7 @@ from rag_core.index_store import chunk_schema
 from rag_core.parsing import DocumentParseError, DocumentParser
 from rag_core.settings import PIISettings
 
+
 def current_node_id() -> str:
     """The Ray node this stage runs on, recorded per row so a run shows where its work went."""
     import ray

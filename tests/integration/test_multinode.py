@@ -193,6 +193,7 @@ def test_queries_are_answered_from_the_shared_store_and_cache(multinode, ingeste
     repeats = [httpx.post(f"{served}/v1/query", json=question, timeout=60).json() for _ in range(8)]
     assert all(r["cached"] and r["cache"] == "exact" for r in repeats)
     assert {r["answer"] for r in repeats} == {first.json()["answer"]}
+    assert not (multinode.base / "replicas-never-read-this").exists()  # nothing came from a local disk
 
 
 def test_a_new_version_reaches_replicas_on_every_node(multinode, corpus, served):

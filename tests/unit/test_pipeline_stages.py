@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from ingest_jobs.pipeline import EmbedChunks, ParseAndChunk, ParseConfig, file_row, make_chunk_id, parsed_schema
+from ingest_jobs.pipeline import EmbedChunks, ParseAndChunk, ParseConfig, current_node_id, file_row, make_chunk_id, parsed_schema
 from rag_core.embedding import PACKAGED_MINILM, SOURCE_PACKAGE, EmbeddingModelSpec
 from rag_core.index_reader import IndexReader
 from rag_core.index_store import VersionedIndex, chunk_schema, manifest_from_rows
@@ -162,7 +162,9 @@ def test_embed_adds_a_384_wide_column_with_zeros_on_failure_rows(mixed_files: pa
 
     assert out.schema.field("embedding").type == pa.list_(pa.float32(), 384)
     assert out.drop_columns(["embedding", "embed_node"]).equals(parsed)  # nothing else changes
-    assert set(out.column("embed_node").to_pylist()) == {"local"} == set(parsed.column("parse_node").to_pylist())  # no Ray here
+    # Both stages record the node they ran on: "local" without Ray, the node id inside a Ray session.
+    here = current_node_id()
+    assert set(out.column("embed_node").to_pylist()) == {here} == set(parsed.column("parse_node").to_pylist())
     vectors = np.array(out.column("embedding").to_pylist(), dtype=np.float32)
     failed = np.array([e != "" for e in out.column("error").to_pylist()])
     assert failed.sum() == 2
