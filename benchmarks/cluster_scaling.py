@@ -37,7 +37,7 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
-from tests.local_cluster import ChromaServer, LocalRayCluster, free_port  # noqa: E402
+from tests.local_cluster import ChromaServer, LocalRayCluster, free_port, local_serve_config  # noqa: E402
 from tests.redis_server import SHARED_REDIS_URL, unique_prefix  # noqa: E402
 from benchmarks.ingest_throughput import pick_corpus  # noqa: E402
 
@@ -84,13 +84,10 @@ def ingest_scaling(args: argparse.Namespace, corpus: Path, chroma: ChromaServer,
 
 
 def serve_config(port: int, chroma_url: str, index_prefix: str, cache_prefix: str, deployments: dict[str, dict]) -> dict[str, Any]:
-    config = yaml.safe_load((REPO_ROOT / "configs/serve-cluster.yaml").read_text())
-    config["proxy_location"] = "HeadOnly"  # one machine: one proxy port
-    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    config = local_serve_config(port, {
+        "chroma_url": chroma_url, "chroma_collection_prefix": index_prefix, "redis_url": SHARED_REDIS_URL,
+        "cache.key_prefix": cache_prefix, "cache.enabled": "false", "auth.rate_limit_enabled": "false", "index_dir": tempfile.mkdtemp()})
     app = config["applications"][0]
-    app["args"] = {"config": str(REPO_ROOT / "configs/rag.yaml"), "chroma_url": chroma_url, "chroma_collection_prefix": index_prefix,
-                   "redis_url": SHARED_REDIS_URL, "cache.key_prefix": cache_prefix, "cache.enabled": "false",
-                   "auth.rate_limit_enabled": "false", "index_dir": tempfile.mkdtemp()}
     for deployment in app["deployments"]:
         options = deployments.get(deployment["name"], {})
         deployment.pop("autoscaling_config", None)

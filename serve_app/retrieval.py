@@ -151,7 +151,8 @@ def last_ingest_summary(index: VersionedIndex) -> dict[str, Any] | None:
     if record is None:
         return None
     summary = record.get("summary") or {}
-    actions = Counter(record.get("file_actions") or Counter(entry["action"] for entry in record.get("files", [])))
+    # Server-mode records carry counts per action; the audit trail's carry the per-file list.
+    actions = record.get("file_actions") or Counter(entry["action"] for entry in record.get("files", []))
     duration = summary.get("duration_s") or 0.0
     chunks = summary.get("chunks_added", 0)
     return {

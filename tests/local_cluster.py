@@ -21,7 +21,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 VENV_BIN = Path(sys.executable).parent
+REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -134,6 +137,16 @@ class LocalRayCluster:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
         self.processes.clear()
+
+
+def local_serve_config(port: int, app_args: dict[str, Any]) -> dict[str, Any]:
+    """configs/serve-cluster.yaml for nodes that share one machine: a single proxy (every node's
+    would bind the same port) on loopback (so no API keys), with the app's settings as `args`."""
+    config = yaml.safe_load((REPO_ROOT / "configs" / "serve-cluster.yaml").read_text())
+    config["proxy_location"] = "HeadOnly"
+    config["http_options"] = {"host": "127.0.0.1", "port": port}
+    config["applications"][0]["args"] = {"config": str(REPO_ROOT / "configs" / "rag.yaml"), **app_args}
+    return config
 
 
 @dataclass

@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT, SAMPLES_DIR
-from tests.local_cluster import ChromaServer, LocalRayCluster, free_port
+from tests.local_cluster import ChromaServer, LocalRayCluster, free_port, local_serve_config
 from tests.redis_server import SHARED_REDIS_URL, unique_prefix
 
 # Real PDFs from the shared set (text layers of a few pages to a few dozen), plus the samples.
@@ -126,19 +126,14 @@ def test_the_index_is_readable_from_the_server_alone(multinode, ingested, tmp_pa
 
 
 def serve_config(multinode: MultiNode, port: int, cache_prefix: str) -> dict[str, Any]:
-    config = yaml.safe_load((REPO_ROOT / "configs" / "serve-cluster.yaml").read_text())
-    # One machine: one proxy (every node's proxy would bind the same port), loopback, no keys.
-    config["proxy_location"] = "HeadOnly"
-    config["http_options"] = {"host": "127.0.0.1", "port": port}
-    app = config["applications"][0]
-    app["args"] = {
-        "config": str(REPO_ROOT / "configs" / "rag.yaml"),
+    config = local_serve_config(port, {
         "chroma_url": multinode.chroma.url,
         "redis_url": SHARED_REDIS_URL,
         "cache.key_prefix": cache_prefix,
         "auth.rate_limit_enabled": "false",
         "index_dir": str(multinode.base / "replicas-never-read-this"),
-    }
+    })
+    app = config["applications"][0]
     for deployment in app["deployments"]:
         spread = deployment["name"] in ("Ingress", "Embedder", "Retriever")
         deployment["ray_actor_options"] = {"num_cpus": 0.25}
