@@ -1,20 +1,27 @@
-"""Recursive character chunking with exact offsets; chunks never cross pages."""
+"""Recursive character chunking with exact offsets; chunks never cross segments (pages, slides,
+sheet tables, sections), so each chunk has one location."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Sequence
 
-from rag_core.parsing import ParsedPage
+from rag_core.location import Location
+from rag_core.parsing import ParsedSegment
 
 
 @dataclass(frozen=True)
 class Chunk:
-    page: int
     chunk_index: int  # position in the whole file, 0-based
-    char_start: int  # offsets into the page text: page_text[char_start:char_end] == text
+    char_start: int  # offsets into the segment text: segment.text[char_start:char_end] == text
     char_end: int
     text: str
+    location: Location = Location()
+    ocr_confidence: float | None = None  # set when the text came from OCR
+
+    @property
+    def page(self) -> int:
+        return self.location.page
 
 
 class RecursiveChunker:
@@ -44,13 +51,16 @@ class RecursiveChunker:
                 spans.append((start, end))
         return spans
 
-    def chunk_pages(self, pages: Sequence[ParsedPage]) -> list[Chunk]:
+    def chunk_segments(self, segments: Sequence[ParsedSegment]) -> list[Chunk]:
         chunks: list[Chunk] = []
-        for page in pages:
-            for start, end in self.split(page.text):
-                chunks.append(Chunk(page.number, len(chunks), start, end, page.text[start:end]))
+        for segment in segments:
+            for start, end in self.split(segment.text):
+                location = segment.location
+                rows = segment.rows_between(start, end)
+                if rows is not None:
+                    location = location.with_rows(*rows)
+                chunks.append(Chunk(len(chunks), start, end, segment.text[start:end], location, segment.ocr_confidence))
         return chunks
-
     def _pieces(self, text: str, start: int, end: int, separators: list[str]) -> list[tuple[int, int]]:
         """Contiguous spans covering text[start:end], each at most chunk_size long."""
         if end - start <= self.chunk_size:

@@ -10,7 +10,12 @@ import random
 import pytest
 
 from rag_core.chunking import Chunk, RecursiveChunker
-from rag_core.parsing import ParsedPage
+from rag_core.location import Location
+from rag_core.parsing import ParsedSegment
+
+
+def page(number: int, text: str) -> ParsedSegment:
+    return ParsedSegment(text, Location("page", number))
 
 WORDS = ["alpha", "beta", "gamma", "delta", "retrieval", "vector", "index", "a", "of", "the"]
 UNICODE_WORDS = ["café", "naïve", "日本語", "テキスト", "🙂", "🚀🚀", "Ωμέγα", "e\u0301", "ß", "\u00a0", "中文字符"]
@@ -72,7 +77,7 @@ def assert_chunk_invariants(page_text: str, chunks: list[Chunk], chunker: Recurs
 
 
 def chunks_of(text: str, chunker: RecursiveChunker) -> list[Chunk]:
-    return chunker.chunk_pages([ParsedPage(1, text)])
+    return chunker.chunk_segments([page(1, text)])
 
 
 # -- properties over generated texts ---------------------------------------------------------
@@ -107,7 +112,7 @@ def test_output_is_deterministic() -> None:
 # -- specific behaviour ----------------------------------------------------------------------
 def test_short_text_is_one_stripped_chunk() -> None:
     text = "  \n Hello world. \n"
-    assert chunks_of(text, RecursiveChunker(512, 64)) == [Chunk(1, 0, 4, 16, "Hello world.")]
+    assert chunks_of(text, RecursiveChunker(512, 64)) == [Chunk(0, 4, 16, "Hello world.", Location("page", 1))]
 
 
 def test_paragraph_boundaries_are_preferred() -> None:
@@ -157,19 +162,19 @@ def test_invalid_size_or_overlap_is_rejected(size: int, overlap: int) -> None:
 def test_chunks_never_cross_pages_and_indices_run_across_the_file() -> None:
     rng = random.Random(3)
     pages = [
-        ParsedPage(1, paragraphs(rng, 3)),
-        ParsedPage(2, "   \n  "),  # a blank page yields no chunk but keeps its number
-        ParsedPage(3, "short page"),
-        ParsedPage(4, unicode_text(rng)),
-        ParsedPage(5, no_separators(rng)),
+        page(1, paragraphs(rng, 3)),
+        page(2, "   \n  "),  # a blank page yields no chunk but keeps its number
+        page(3, "short page"),
+        page(4, unicode_text(rng)),
+        page(5, no_separators(rng)),
     ]
     chunker = RecursiveChunker(80, 20)
-    chunks = chunker.chunk_pages(pages)
+    chunks = chunker.chunk_segments(pages)
 
     assert [c.chunk_index for c in chunks] == list(range(len(chunks)))
     assert [c.page for c in chunks] == sorted(c.page for c in chunks)
     assert {c.page for c in chunks} == {1, 3, 4, 5}
-    by_number = {page.number: page.text for page in pages}
+    by_number = {page.location.page: page.text for page in pages}
     for number, text in by_number.items():
         on_page = [c for c in chunks if c.page == number]
         assert_chunk_invariants(text, on_page, chunker)  # offsets are relative to the page's own text
@@ -177,10 +182,10 @@ def test_chunks_never_cross_pages_and_indices_run_across_the_file() -> None:
 
 
 def test_chunk_pages_matches_split_page_by_page() -> None:
-    pages = [ParsedPage(7, "one two three " * 20), ParsedPage(9, "four five six " * 20)]
+    pages = [page(7, "one two three " * 20), page(9, "four five six " * 20)]
     chunker = RecursiveChunker(64, 8)
-    chunks = chunker.chunk_pages(pages)
-    expected = [(p.number, s, e) for p in pages for s, e in chunker.split(p.text)]
+    chunks = chunker.chunk_segments(pages)
+    expected = [(p.location.page, s, e) for p in pages for s, e in chunker.split(p.text)]
     assert [(c.page, c.char_start, c.char_end) for c in chunks] == expected
 
 

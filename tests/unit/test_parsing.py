@@ -6,11 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from rag_core.parsing import NO_TEXT_REASON, DocumentParseError, DocumentParser, ParsedPage
+from rag_core.location import Location
+from rag_core.parsing import NO_TEXT_REASON, DocumentParseError, DocumentParser, ParsedSegment
 
 
-def parse_shared(pdf_dir: Path, filename: str, passwords: tuple[str, ...] = ()) -> list[ParsedPage]:
-    return DocumentParser(passwords).parse(filename, (pdf_dir / filename).read_bytes())
+def parse_shared(pdf_dir: Path, filename: str, passwords: tuple[str, ...] = ()) -> list[ParsedSegment]:
+    return DocumentParser(passwords).parse(filename, (pdf_dir / filename).read_bytes()).segments
 
 
 def parse_failure(pdf_dir: Path, filename: str, passwords: tuple[str, ...] = ()) -> str:
@@ -31,16 +32,18 @@ def is_password_protected(row: dict[str, str]) -> bool:
 def test_text_pdf_yields_every_page_numbered_from_one(shared_pdf_dir: Path, pdf_manifest: dict, filename: str) -> None:
     pages = parse_shared(shared_pdf_dir, filename)
 
-    assert [p.number for p in pages] == list(range(1, int(pdf_manifest[filename]["pages"]) + 1))
+    assert [p.location.page for p in pages] == list(range(1, int(pdf_manifest[filename]["pages"]) + 1))
+    assert all(p.location.kind == "page" for p in pages)
     assert all(p.text.strip() for p in pages)
     assert all("\x00" not in p.text for p in pages)
 
 
-def test_blank_pages_keep_their_numbers(shared_pdf_dir: Path) -> None:
-    # MANIFEST: 4 pages, 2 of them with text.
-    pages = parse_shared(shared_pdf_dir, "unstructured__layout-parser-paper-with-empty-pages.pdf")
-    assert [p.number for p in pages] == [1, 2, 3, 4]
-    assert sum(1 for p in pages if p.text.strip()) == 2
+def test_blank_pages_are_skipped_and_the_others_keep_their_numbers(shared_pdf_dir: Path) -> None:
+    # MANIFEST: 4 pages, 2 of them with text; the blank ones hold no image, so no OCR is tried.
+    document = DocumentParser().parse("paper.pdf", (shared_pdf_dir / "unstructured__layout-parser-paper-with-empty-pages.pdf").read_bytes())
+    assert len(document.segments) == 2
+    assert all(p.text.strip() for p in document.segments)
+    assert document.incomplete == [] and document.ocr_engine == ""
 
 
 def test_known_text_is_extracted(shared_pdf_dir: Path) -> None:
@@ -50,15 +53,16 @@ def test_known_text_is_extracted(shared_pdf_dir: Path) -> None:
 
 def test_upper_case_extension_is_parsed_as_pdf(shared_pdf_dir: Path) -> None:
     data = (shared_pdf_dir / "pypdf-samples__crazyones-pdfa.pdf").read_bytes()
-    pages = DocumentParser().parse("SCAN.PDF", data)
-    assert pages[0].number == 1 and pages[0].text.strip()
+    pages = DocumentParser().parse("SCAN.PDF", data).segments
+    assert pages[0].location.page == 1 and pages[0].text.strip()
 
 
 # -- encrypted PDFs ---------------------------------------------------------------------------
 @pytest.mark.pdf_rows(where=is_password_protected)
 def test_encrypted_pdf_opens_with_its_password(pdf_row: dict[str, str], shared_pdf_dir: Path) -> None:
     pages = parse_shared(shared_pdf_dir, pdf_row["filename"], ("wrong-one", pdf_row["password"]))
-    assert [p.number for p in pages] == list(range(1, int(pdf_row["pages"]) + 1))
+    assert [p.location.page for p in pages] == sorted({p.location.page for p in pages})
+    assert 1 <= len(pages) <= int(pdf_row["pages"])
     assert any(p.text.strip() for p in pages)
 
 
@@ -100,8 +104,18 @@ def test_truncated_pdf_is_reported_malformed(shared_pdf_dir: Path) -> None:
 
 
 @pytest.mark.pdf_rows(where=lambda row: row["extractable_text"] == "no" and row["pypdf_status"] == "ok")
-def test_image_only_pdf_has_no_extractable_text(pdf_row: dict[str, str], shared_pdf_dir: Path) -> None:
-    assert parse_failure(shared_pdf_dir, pdf_row["filename"]) == NO_TEXT_REASON == "no extractable text"
+def test_image_only_pdf_without_ocr_names_the_missing_engine(pdf_row: dict[str, str], shared_pdf_dir: Path) -> None:
+    # No OCR configured: the scan is not indexed, and the reason says why and which pages.
+    reason = parse_failure(shared_pdf_dir, pdf_row["filename"])
+    assert reason.startswith("page") and "OCR is turned off" in reason
+
+
+def test_image_only_pdf_with_a_missing_ocr_binary_says_ocr_engine_not_installed(shared_pdf_dir: Path) -> None:
+    from rag_core.ocr import TesseractOcr
+
+    parser = DocumentParser(ocr_factory=lambda: TesseractOcr(tesseract_cmd="/nonexistent/tesseract"))
+    with pytest.raises(DocumentParseError, match="OCR engine not installed"):
+        parser.parse("scan.pdf", (shared_pdf_dir / "ocrmypdf__c02-22.pdf").read_bytes())
 
 
 @pytest.mark.parametrize("filename", ["blank.txt", "blank.md"])
@@ -111,22 +125,29 @@ def test_whitespace_only_text_file_has_no_extractable_text(filename: str) -> Non
 
 
 # -- text files -------------------------------------------------------------------------------
-def test_txt_with_invalid_utf8_is_parsed_with_replacement_characters() -> None:
-    data = "caf\u00e9 ok ".encode() + b"\xff\xfe broken \xc3( end"
-    pages = DocumentParser().parse("notes.txt", data)
-    assert len(pages) == 1 and pages[0].number == 1
+def test_utf8_txt_with_a_stray_byte_keeps_its_characters() -> None:
+    data = ("Le café est très chaud, déjà servi. " * 20).encode() + b"\xff" + " fin.".encode()
+    pages = DocumentParser().parse("notes.txt", data).segments
+    assert len(pages) == 1 and pages[0].location == Location("page", 1)
     text = pages[0].text
-    assert text.startswith("café ok ")
-    assert "\ufffd" in text
-    assert text.endswith(" end")
-    assert "broken" in text
+    assert text.startswith("Le café est très chaud") and text.endswith("\ufffd fin.")
+    assert text.count("\ufffd") == 1
 
 
-def test_markdown_is_one_page_of_verbatim_text() -> None:
-    markdown = "# Title\n\nSome *emphasis* and a [link](http://example.com).\n\n- item 1\n- item 2\n"
-    assert DocumentParser().parse("README.md", markdown.encode()) == [ParsedPage(1, markdown)]
+def test_markdown_sections_carry_their_heading_path_and_keep_the_text_verbatim() -> None:
+    markdown = "# Title\n\nSome *emphasis* and a [link](http://example.com).\n\n## Part\n\n- item 1\n- item 2\n\n```\n# not a heading\n```\n"
+    segments = DocumentParser().parse("README.md", markdown.encode()).segments
+    assert [s.location.heading for s in segments] == ["Title", "Title > Part"]
+    assert "".join(s.text for s in segments) == markdown
+    assert segments[1].text.startswith("## Part")
 
 
 def test_nul_bytes_are_removed_from_text_files() -> None:
-    assert DocumentParser().parse("a.txt", b"ab\x00cd").pop().text == "abcd"
+    assert DocumentParser().parse("a.txt", b"ab\x00cd").segments.pop().text == "abcd"
+
+
+def test_binary_bytes_named_txt_are_refused_not_indexed_as_garbage() -> None:
+    data = bytes(range(256)) * 40
+    with pytest.raises(DocumentParseError, match="does not decode cleanly|unknown encoding"):
+        DocumentParser().parse("blob.txt", data)
 

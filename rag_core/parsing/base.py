@@ -1,0 +1,99 @@
+"""What every format's parser returns: segments of text, each with one location, or a reason why not."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Sequence
+
+from rag_core.location import Location
+
+NO_TEXT_REASON = "no extractable text"
+
+
+class DocumentParseError(Exception):
+    """The file cannot yield text; `reason` is what the ingest summary records."""
+
+    def __init__(self, reason: str):
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(frozen=True)
+class ParsedSegment:
+    """A span of a document with one location: a PDF page, a slide, a sheet's rows, a section.
+    Chunks never cross segments, so every chunk has one location."""
+
+    text: str
+    location: Location = field(default_factory=Location)
+    # (offset in `text` where a table row starts, that row's number in its sheet), ascending;
+    # gives each chunk of a sheet its row range.
+    row_starts: tuple[tuple[int, int], ...] = ()
+    # Mean Tesseract word confidence (0-100) when the text came from OCR, else None.
+    ocr_confidence: float | None = None
+
+    @property
+    def ocr(self) -> bool:
+        return self.ocr_confidence is not None
+
+    def rows_between(self, start: int, end: int) -> tuple[int, int] | None:
+        """The first and last row that text[start:end] touches, if this segment has rows."""
+        rows = [row for offset, row in self.row_starts if offset < end]
+        if not rows:
+            return None
+        before = [row for offset, row in self.row_starts if offset <= start]
+        return (before[-1] if before else rows[0]), rows[-1]
+
+
+@dataclass
+class ParsedDocument:
+    segments: list[ParsedSegment]
+    # Parts of an otherwise indexed file that yielded nothing ("page 4: OCR found no text"):
+    # reported with the file, never dropped silently.
+    incomplete: list[str] = field(default_factory=list)
+    # The OCR engine that read some of it (its signature: "tesseract 5.3.0 eng+fra+nld+kor ocr-r1"),
+    # "unavailable" when pages needed one and none was installed, "" when no page needed OCR.
+    # Part of the file's parse signature.
+    ocr_engine: str = ""
+
+    @property
+    def text_chars(self) -> int:
+        return sum(len(segment.text.strip()) for segment in self.segments)
+
+
+def header_line(header: Sequence[str]) -> str:
+    """A header row as one line, a merged heading once."""
+    cells: list[str] = []
+    for value in header:
+        value = " ".join(str(value).split())
+        if value and (not cells or cells[-1] != value):
+            cells.append(value)
+    return " | ".join(cells)
+
+
+def short_heading(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def clean_text(text: str) -> str:
+    # NUL bytes appear in some PDF text layers and break downstream stores.
+    return text.replace("\x00", "")
+
+
+def table_row_lines(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    """Each row as 'Column: value | Column: value', so a cell is retrievable with its meaning.
+    Empty cells are left out; a column without a header keeps the bare value."""
+    lines = []
+    for row in rows:
+        cells: list[str] = []
+        for position, value in enumerate(row):
+            value = " ".join(str(value).split())
+            if not value:
+                continue
+            name = " ".join(str(header[position]).split()) if position < len(header) else ""
+            cell = f"{name}: {value}" if name and name != value else value
+            if not cells or cells[-1] != cell:  # a merged cell spans several columns
+                cells.append(cell)
+        if cells:
+            lines.append(" | ".join(cells))
+    return lines
