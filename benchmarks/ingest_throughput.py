@@ -54,7 +54,7 @@ def single_process_loop(settings, source: Path) -> int:
     index = VersionedIndex.from_settings(settings)
     builder = index.begin(model.spec, settings.chunking.model_dump(), parent=None)
     parse = ParseAndChunk(ParseConfig(
-        pdf_passwords=(), chunk_size=settings.chunking.chunk_size, chunk_overlap=settings.chunking.chunk_overlap,
+        passwords=(), chunk_size=settings.chunking.chunk_size, chunk_overlap=settings.chunking.chunk_overlap,
         separators=tuple(settings.chunking.separators), ingested_at=utc_now(), index_version=builder.version,
     ))
     written = []

@@ -26,8 +26,8 @@ from pathlib import Path
 
 from ingest_jobs.pipeline import ocr_factory
 from ingest_jobs.redaction import PIIRedactor
-from rag_core.parsing import SUPPORTED_EXTENSIONS, DocumentParseError, DocumentParser
-from rag_core.settings import OCRSettings, PIISettings
+from rag_core.parsing import DocumentParseError, DocumentParser
+from rag_core.settings import IngestSettings, OCRSettings, PIISettings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -87,7 +87,8 @@ def scan(source: Path, redactor, passwords: list[str], width: int = 60) -> tuple
     ocr = OCRSettings()
     parser = DocumentParser(passwords, ocr_factory(ocr), ocr.dpi)
     rows: list[dict] = []
-    files = sorted(p for p in source.iterdir() if p.suffix.lower() in SUPPORTED_EXTENSIONS)
+    extensions = set(IngestSettings().extensions)  # what the job reads by default (MANIFEST.tsv is not)
+    files = sorted(p for p in source.iterdir() if p.suffix.lower() in extensions)
     parsed = failed = segments = chars = 0
     for path in files:
         try:

@@ -21,8 +21,8 @@ from ingest_jobs.redaction import shared_redactor
 from rag_core.chunking import RecursiveChunker
 from rag_core.embedding import EmbeddingModelSpec, load_for_spec
 from rag_core.index_store import chunk_schema
-from rag_core.parsing import DocumentParseError, DocumentParser
-from rag_core.settings import PIISettings
+from rag_core.parsing import DocumentParseError, DocumentParser, parser_signature
+from rag_core.settings import OCRSettings, PIISettings
 
 
 def current_node_id() -> str:
@@ -41,7 +41,7 @@ def make_chunk_id(file_sha256: str, file_path: str, chunk_index: int) -> str:
 
 @dataclass(frozen=True)
 class ParseConfig:
-    pdf_passwords: tuple[str, ...]
+    passwords: tuple[str, ...]
     chunk_size: int
     chunk_overlap: int
     separators: tuple[str, ...]
@@ -51,17 +51,55 @@ class ParseConfig:
     pii_entities: tuple[str, ...] = ()
     pii_score_threshold: float = PIISettings().score_threshold
     pii_spacy_model: str | None = None
+    ocr: OCRSettings | None = None  # None: no OCR
+    pdf_tables: bool = True
+
+
+def ocr_factory(settings: OCRSettings | None) -> Any:
+    """Builds the OCR engine on first use in a worker (None when OCR is off)."""
+    if settings is None or not settings.enabled:
+        return None
+
+    def make() -> Any:
+        from rag_core.ocr import TesseractOcr
+
+        return TesseractOcr(tuple(settings.languages), settings.tesseract_cmd, settings.dpi, settings.timeout_s)
+
+    return make
+
+
+def ocr_engine_label(settings: OCRSettings | None) -> str:
+    """What OCR would read scans with now, as recorded in parse signatures (engine version,
+    languages and this project's OCR revision), or 'unavailable' (not installed, or turned off)."""
+    from rag_core.ocr import OcrUnavailable
+    from rag_core.parsing import OCR_UNAVAILABLE
+
+    factory = ocr_factory(settings)
+    if factory is None:
+        return OCR_UNAVAILABLE
+    try:
+        return factory().signature
+    except OcrUnavailable:
+        return OCR_UNAVAILABLE
+
+
+def parse_signature(path: str, redaction_signature: str, ocr_engine: str = "", pdf_tables: bool = True) -> str:
+    """Everything besides a file's bytes that decides its indexed text: its format's parser and
+    library version, the PII redaction settings, and the OCR engine when some page needed one."""
+    signature = f"{parser_signature(path, pdf_tables)}; {redaction_signature}"
+    return f"{signature}; ocr {ocr_engine}" if ocr_engine else signature
 
 
 class ParseAndChunk:
     """files (file, data, sidecar_sha256, metadata) -> chunk rows, or one failure row per bad file.
 
-    PII is redacted page by page before chunking, so no original value reaches the embedding
-    model, Chroma or Parquet; each row carries its file's counts per PII type (`pii`, JSON)."""
+    PII is redacted segment by segment before chunking, so no original value reaches the
+    embedding model, Chroma or Parquet; each row carries its file's counts per PII type (`pii`,
+    JSON) and the parts of the file that could not be read (`incomplete`, JSON)."""
 
     def __init__(self, config: ParseConfig):
         self.config = config
-        self.parser = DocumentParser(config.pdf_passwords)
+        self.parser = DocumentParser(config.passwords, ocr_factory(config.ocr), config.ocr.dpi if config.ocr else 300, config.pdf_tables)
         self.chunker = RecursiveChunker(config.chunk_size, config.chunk_overlap, config.separators)
         self.redactor = shared_redactor(config.pii_mode, config.pii_entities, config.pii_score_threshold, config.pii_spacy_model)
 
@@ -71,6 +109,17 @@ class ParseAndChunk:
             rows.extend(self._one_file(record))
         node = current_node_id()
         return pa.Table.from_pylist([{**row, "parse_node": node} for row in rows], schema=parsed_schema())
+
+    def _redact(self, text: str) -> tuple[str, Counter]:
+        if len(text) <= REDACT_PIECE_CHARS:
+            return self.redactor.redact(text)
+        found: Counter = Counter()
+        out = []
+        for piece in _line_pieces(text):
+            redacted, counts = self.redactor.redact(piece)
+            out.append(redacted)
+            found.update(counts)
+        return "".join(out), found
 
     def _one_file(self, record: dict[str, Any]) -> list[dict[str, Any]]:
         data: bytes = record["data"]
@@ -88,18 +137,24 @@ class ParseAndChunk:
         }
         pii: Counter = Counter()
         try:
-            pages = []
-            for page in self.parser.parse(record["file"], data):
-                text, found = self.redactor.redact(page.text)
+            document = self.parser.parse(record["file"], data)
+            segments = []
+            for segment in document.segments:
+                text, found = self._redact(segment.text)
                 pii.update(found)
-                pages.append(replace(page, text=text))
-            chunks = self.chunker.chunk_pages(pages)
+                # Row offsets stay valid only if redaction kept the length; otherwise rows are
+                # located again by line.
+                segments.append(replace(segment, text=text) if len(text) == len(segment.text) or not segment.row_starts
+                                else replace(segment, text=text, row_starts=_relocate_rows(segment, text)))
+            chunks = self.chunker.chunk_segments(segments)
             if not chunks:
                 raise DocumentParseError("no extractable text")
         except DocumentParseError as exc:
             return [_failure_row(common, exc.reason)]
         except Exception as exc:  # a parser bug on one file must not abort the run
             return [_failure_row(common, f"parse error: {type(exc).__name__}: {exc}")]
+        signature = parse_signature(record["file"], self.redactor.signature, document.ocr_engine, self.config.pdf_tables)
+        incomplete = json.dumps(document.incomplete)
         return [
             {
                 **common,
@@ -109,24 +164,55 @@ class ParseAndChunk:
                 "char_start": chunk.char_start,
                 "char_end": chunk.char_end,
                 "text": chunk.text,
+                "location": json.dumps(chunk.location.to_dict(), sort_keys=True, ensure_ascii=False),
+                "ocr_confidence": chunk.ocr_confidence,
+                "parse_signature": signature,
                 "error": "",
                 "pii": json.dumps(dict(sorted(pii.items()))),
+                "incomplete": incomplete,
             }
             for chunk in chunks
         ]
 
 
+REDACT_PIECE_CHARS = 200_000
+
+
+def _line_pieces(text: str, limit: int = REDACT_PIECE_CHARS) -> list[str]:
+    """`text` cut at line ends into pieces of at most about `limit` characters (the NLP pipeline
+    Presidio tokenises with refuses texts over a million characters)."""
+    pieces, start = [], 0
+    while start < len(text):
+        end = start + limit
+        if end < len(text):
+            newline = text.rfind("\n", start, end)
+            end = newline + 1 if newline > start else end
+        pieces.append(text[start:end])
+        start = end
+    return pieces
+
+
+def _relocate_rows(segment: Any, text: str) -> tuple[tuple[int, int], ...]:
+    """Row starts after redaction changed lengths: rows are lines, so the n-th line start is kept."""
+    line_starts = [0] + [i + 1 for i, char in enumerate(text) if char == "\n"]
+    old_line_starts = [0] + [i + 1 for i, char in enumerate(segment.text) if char == "\n"]
+    line_of = {offset: index for index, offset in enumerate(old_line_starts)}
+    return tuple((line_starts[line_of[offset]], row) for offset, row in segment.row_starts if offset in line_of and line_of[offset] < len(line_starts))
+
+
 def _failure_row(common: dict[str, Any], reason: str) -> dict[str, Any]:
-    return {**common, "chunk_id": "", "page": 0, "chunk_index": -1, "char_start": 0, "char_end": 0, "text": "", "error": reason, "pii": "{}"}
+    return {**common, "chunk_id": "", "page": 0, "chunk_index": -1, "char_start": 0, "char_end": 0, "text": "",
+            "location": None, "ocr_confidence": None, "parse_signature": "", "error": reason, "pii": "{}", "incomplete": "[]"}
 
 
 # Columns the pipeline adds for the driver, dropped before chunks are stored.
-PIPELINE_COLUMNS = ["error", "pii", "parse_node", "embed_node"]
+PIPELINE_COLUMNS = ["error", "pii", "incomplete", "parse_node", "embed_node"]
 
 
 def parsed_schema() -> pa.Schema:
     fields = [f for f in chunk_schema(1) if f.name != "embedding"]
-    extra = [pa.field("error", pa.string()), pa.field("pii", pa.string()), pa.field("parse_node", pa.string())]
+    extra = [pa.field("error", pa.string()), pa.field("pii", pa.string()), pa.field("incomplete", pa.string()),
+             pa.field("parse_node", pa.string())]
     return pa.schema([*fields, *extra])
 
 

@@ -16,7 +16,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest_jobs.discovery import ScanResult, SkippedFile, SourceScanner
-from ingest_jobs.pipeline import PIPELINE_COLUMNS, ParseConfig, PipelineResources, build_dataset, file_row
+from ingest_jobs.pipeline import PIPELINE_COLUMNS, ParseConfig, PipelineResources, build_dataset, file_row, ocr_engine_label, parse_signature
+from ingest_jobs.redaction import redactor_signature
 from rag_core.audit import default_actor, utc_now
 from rag_core.embedding import EmbeddingModel, EmbeddingModelSpec, same_vector_space
 from rag_core.index_store import MANIFEST_COLUMNS, VersionBuilder, VersionedIndex, VersionInfo, manifest_from_rows, read_parquet_version
@@ -42,6 +43,12 @@ class IngestSummary:
     previous_version: str | None = None
     new_version_created: bool = False
     files_ignored: int = 0
+    # Unchanged files read again because what reads them changed (parser or library version, OCR
+    # engine, PII settings): how many, and why.
+    files_reparsed: int = 0
+    reparse_reasons: dict[str, int] = field(default_factory=dict)
+    # Indexed files with parts that yielded no text (a scanned page without OCR, an empty OCR page).
+    files_incomplete: list[dict[str, str]] = field(default_factory=list)
     pii_redacted: dict[str, int] = field(default_factory=dict)  # PII type -> values redacted in this run
     full_rebuild_reason: str | None = None
     # Where the work ran: Ray node id -> files parsed there, and -> chunks embedded there.
@@ -53,8 +60,28 @@ class IngestSummary:
 
 
 def chunking_record(settings: RAGSettings) -> dict[str, Any]:
-    """What decides the indexed text besides the files: a change re-indexes everything."""
-    return {**settings.chunking.model_dump(), "pii": settings.ingest.pii.model_dump()}
+    """How text becomes chunks: a change re-indexes everything. (What decides the text of each file,
+    its parser, OCR engine and PII settings, is recorded per file: its parse signature.)"""
+    return settings.chunking.model_dump()
+
+
+def signature_change(old: str, new: str) -> str:
+    """Why a file's parse signature changed, e.g. 'pdf/2 pypdf 6.0.0 -> pdf/2 pypdf 7.1.1'."""
+    if not old:
+        return "parse signature not recorded (indexed by an older release)"
+
+    def parts(signature: str) -> dict[str, str]:
+        items = signature.split("; ")
+        named = {"parser": items[0]}
+        for item in items[1:]:
+            named["ocr" if item.startswith("ocr ") else "pii" if item.startswith("pii") else item] = item
+        return named
+
+    before, after = parts(old), parts(new)
+    for key in ("parser", "pii", "ocr"):
+        if before.get(key) != after.get(key):
+            return f"{key}: {before.get(key, 'none')} -> {after.get(key, 'none')}"
+    return f"{old} -> {new}"
 
 
 def connect_ray(settings: RAGSettings) -> None:
@@ -83,6 +110,8 @@ class IngestRun:
         self.source = Path(source)
         self.full = full
         self.pii_found: dict[str, dict[str, int]] = {}  # file -> PII type -> count redacted
+        self.incomplete: dict[str, list[str]] = {}  # file -> parts that yielded no text
+        self.reparsed: dict[str, str] = {}  # unchanged file read again -> why
         self.parse_nodes: dict[str, str] = {}  # file -> node that parsed it
         self.embed_nodes: Counter = Counter()  # node -> chunks embedded there
         self.index = VersionedIndex.from_settings(settings)
@@ -114,6 +143,7 @@ class IngestRun:
 
         fingerprints = {f.path: f.fingerprint for f in scan.files}
         diff = diff_manifest(base_manifest, fingerprints)
+        diff, reparse_reasons = self._reparse_stale(diff, base_manifest)
         if not scan.files and previous_manifest.files:
             # An empty source usually means an unmounted or mistyped folder: refuse to wipe the index.
             log.warning("source %s has no documents; the index is left unchanged", self.source)
@@ -124,6 +154,8 @@ class IngestRun:
             files_seen=scan.files_seen,
             files_unchanged=len(diff.unchanged),
             files_ignored=len(scan.ignored),
+            files_reparsed=sum(reparse_reasons.values()),
+            reparse_reasons=reparse_reasons,
             embedding_model=spec.name,
             full_rebuild_reason=rebuild_reason,
             chunks_total=current.chunks_total if current else 0,
@@ -174,10 +206,34 @@ class IngestRun:
         summary.embed_nodes = dict(sorted(self.embed_nodes.items()))
         summary.files_deleted = len(diff.deleted)
         summary.files_failed = [asdict(f) for f in failures]
+        summary.files_incomplete = [{"file": path, "reason": "; ".join(parts)} for path, parts in sorted(self.incomplete.items()) if path in new_entries]
         summary.chunks_added = sum(len(e.chunk_ids) for e in new_entries.values())
         summary.chunks_deleted = sum(len(previous_manifest.files[p].chunk_ids) for p in replaced)
         summary.chunks_total = info.chunks_total
         return summary, self._file_actions(diff, list(new_entries), failures, scan.ignored)
+
+    def _reparse_stale(self, diff: ManifestDiff, manifest: Manifest) -> tuple[ManifestDiff, dict[str, int]]:
+        """Unchanged files whose parse signature differs from what this run would record are read
+        again (counted per reason): a parser upgrade, a new OCR engine, other PII settings."""
+        if not diff.unchanged:
+            return diff, {}
+        pii = self.settings.ingest.pii
+        redaction = redactor_signature(pii.mode, pii.entities, pii.score_threshold, pii.spacy_model)
+        ocr_now: str | None = None
+        stale: dict[str, str] = {}
+        for path in diff.unchanged:
+            old = manifest.files[path].parse_signature
+            used_ocr = "; ocr " in old
+            if used_ocr and ocr_now is None:
+                ocr_now = ocr_engine_label(self.settings.ingest.ocr if self.settings.ingest.ocr.enabled else None)
+            expected = parse_signature(path, redaction, ocr_now if used_ocr else "", self.settings.ingest.pdf_tables)
+            if old != expected:
+                stale[path] = signature_change(old, expected)
+        if not stale:
+            return diff, {}
+        self.reparsed = stale
+        diff = ManifestDiff(diff.added, sorted(diff.changed + list(stale)), [p for p in diff.unchanged if p not in stale], diff.deleted)
+        return diff, dict(sorted(Counter(stale.values()).items()))
 
     def _load_model(self) -> EmbeddingModel:
         s = self.settings
@@ -192,7 +248,8 @@ class IngestRun:
             return "--full requested"
         if not same_vector_space(current.model_spec, spec):
             return f"embedding model changed from {current.model_spec.name} to {spec.name}"
-        if current.chunking != chunking_record(self.settings):
+        # Releases before parse signatures kept the PII settings here; they now live per file.
+        if {k: v for k, v in current.chunking.items() if k != "pii"} != chunking_record(self.settings):
             return "chunking settings changed"
         return None
 
@@ -225,7 +282,7 @@ class IngestRun:
             return {}, failures
         s = self.settings
         parse_config = ParseConfig(
-            pdf_passwords=tuple(p.get_secret_value() for p in s.ingest.pdf_passwords),
+            passwords=tuple(p.get_secret_value() for p in s.ingest.passwords),
             chunk_size=s.chunking.chunk_size,
             chunk_overlap=s.chunking.chunk_overlap,
             separators=tuple(s.chunking.separators),
@@ -235,6 +292,8 @@ class IngestRun:
             pii_entities=tuple(s.ingest.pii.entities),
             pii_score_threshold=s.ingest.pii.score_threshold,
             pii_spacy_model=s.ingest.pii.spacy_model,
+            ocr=s.ingest.ocr if s.ingest.ocr.enabled else None,
+            pdf_tables=s.ingest.pdf_tables,
         )
         resources = PipelineResources(
             embed_batch_size=s.ingest.embed_batch_size,
@@ -257,9 +316,11 @@ class IngestRun:
             for record in batch.filter(pc.not_equal(errors, "")).select(["file", "error"]).to_pylist():
                 failed_paths[record["file"]] = record["error"]
             good = batch.filter(pc.equal(errors, ""))
-            for record in good.select(["file", "pii"]).to_pylist():
+            for record in good.select(["file", "pii", "incomplete"]).to_pylist():
                 if record["file"] not in self.pii_found:  # every chunk row carries its file's counts
                     self.pii_found[record["file"]] = json.loads(record["pii"])
+                    if json.loads(record["incomplete"]):
+                        self.incomplete[record["file"]] = json.loads(record["incomplete"])
             self.embed_nodes.update(good.column("embed_node").to_pylist())
             good = good.drop_columns(PIPELINE_COLUMNS)
             if good.num_rows:
@@ -280,10 +341,13 @@ class IngestRun:
     def _file_actions(self, diff: ManifestDiff, indexed: Iterable[str], failures: list[SkippedFile], ignored: list[SkippedFile]) -> list[dict[str, str]]:
         indexed = set(indexed)
         actions: list[dict[str, Any]] = [{"file": p, "action": "added"} for p in diff.added if p in indexed]
-        actions += [{"file": p, "action": "changed"} for p in diff.changed if p in indexed]
+        actions += [{"file": p, "action": "reparsed", "reason": self.reparsed[p]} if p in self.reparsed else {"file": p, "action": "changed"}
+                    for p in diff.changed if p in indexed]
         for action in actions:
             if self.pii_found.get(action["file"]):
                 action["pii_redacted"] = self.pii_found[action["file"]]
+            if self.incomplete.get(action["file"]):
+                action["incomplete"] = "; ".join(self.incomplete[action["file"]])
         actions += [{"file": p, "action": "deleted"} for p in diff.deleted]
         actions += [{"file": f.file, "action": "failed", "reason": f.reason} for f in failures]
         actions += [{"file": f.file, "action": "ignored", "reason": f.reason} for f in ignored]

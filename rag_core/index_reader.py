@@ -9,6 +9,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from rag_core.index_store import IndexStoreError, VersionedIndex, VersionInfo
+from rag_core.location import Location
 
 
 @dataclass(frozen=True)
@@ -19,6 +20,16 @@ class RetrievedChunk:
     text: str
     score: float  # cosine similarity
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def location(self) -> Location:
+        """Where in its file the chunk sits (page, slide, sheet rows, section heading)."""
+        return Location.from_metadata({**self.metadata, "page": self.page})
+
+    @property
+    def citation(self) -> str:
+        """'handbook.docx, section 'Benefits > Vacation'', 'q3.xlsx, sheet 'EMEA', rows 2-14'."""
+        return f"{self.file}, {self.location.describe()}"
 
 
 class IndexReader:

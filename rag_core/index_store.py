@@ -49,6 +49,7 @@ from filelock import FileLock, Timeout
 
 from rag_core.audit import AuditLog, utc_now
 from rag_core.embedding import EmbeddingModelSpec
+from rag_core.location import LOCATION_METADATA_KEYS, Location
 from rag_core.manifest import Manifest, ManifestEntry
 
 log = logging.getLogger("rag_core.index_store")
@@ -71,7 +72,8 @@ _VERSION_PATTERN = re.compile(r"^v(\d{6,})$")
 
 # Chunk metadata written by the pipeline; sidecar keys may not override these.
 RESERVED_METADATA_KEYS = frozenset(
-    {"file", "page", "chunk_index", "char_start", "char_end", "file_sha256", "ingested_at", "index_version"}
+    {"file", "page", "chunk_index", "char_start", "char_end", "file_sha256", "ingested_at", "index_version", "ocr", "ocr_confidence"}
+    | LOCATION_METADATA_KEYS
 )
 
 
@@ -99,9 +101,21 @@ def chunk_schema(dimension: int) -> pa.Schema:
             ("ingested_at", pa.string()),
             ("index_version", pa.string()),
             ("metadata", pa.string()),  # JSON object of sidecar keys
+            ("location", pa.string()),  # JSON of rag_core.location.Location; null = a page
+            ("ocr_confidence", pa.float32()),  # mean OCR word confidence 0-100; null = not OCR'd
+            ("parse_signature", pa.string()),  # parser, OCR engine and redaction that produced the text
             ("embedding", pa.list_(pa.float32(), dimension)),
         ]
     )
+
+
+# Columns added after the first release, with what rows written before them mean.
+_LATER_COLUMNS = {"location": None, "ocr_confidence": None, "parse_signature": ""}
+
+
+def chunk_location(row: dict[str, Any]) -> Location:
+    raw = row.get("location")
+    return Location.from_dict(json.loads(raw)) if raw else Location("page", int(row["page"]))
 
 
 @dataclass(frozen=True)
@@ -305,7 +319,11 @@ def chroma_metadata(row: dict[str, Any]) -> dict[str, Any]:
         "file_sha256": row["file_sha256"],
         "ingested_at": row["ingested_at"],
         "index_version": row["index_version"],
+        "ocr": row.get("ocr_confidence") is not None,
     }
+    if row.get("ocr_confidence") is not None:
+        metadata["ocr_confidence"] = round(float(row["ocr_confidence"]), 1)
+    metadata.update(chunk_location(row).to_metadata())
     for key, value in json.loads(row["metadata"] or "{}").items():
         metadata.setdefault(key, value)
     return metadata
@@ -565,10 +583,14 @@ def read_parquet_version(parquet_dir: Path) -> tuple[pa.Table, dict[str, Any]]:
     if raw is None:
         raise IndexStoreError(f"{parquet_dir} was not written by this project (no {PARQUET_METADATA_KEY.decode()} metadata)")
     table = pa.concat_tables([pq.read_table(f) for f in files])
+    for name, default in _LATER_COLUMNS.items():  # a version written before the column existed
+        if name not in table.column_names:
+            field = chunk_schema(1).field(name)
+            table = table.add_column(table.schema.get_field_index("embedding"), field, pa.array([default] * table.num_rows, type=field.type))
     return table, json.loads(raw)
 
 
-MANIFEST_COLUMNS = ["file", "chunk_id", "chunk_index", "file_sha256", "sidecar_sha256", "file_size", "index_version"]
+MANIFEST_COLUMNS = ["file", "chunk_id", "chunk_index", "file_sha256", "sidecar_sha256", "file_size", "index_version", "parse_signature"]
 
 
 def manifest_from_rows(table: pa.Table) -> Manifest:
@@ -578,7 +600,8 @@ def manifest_from_rows(table: pa.Table) -> Manifest:
     for row in sorted(columns, key=lambda r: (r["file"], r["chunk_index"])):
         entry = entries.setdefault(
             row["file"],
-            {"sha256": row["file_sha256"], "sidecar_sha256": row["sidecar_sha256"], "size": row["file_size"], "chunk_ids": [], "index_version": row["index_version"]},
+            {"sha256": row["file_sha256"], "sidecar_sha256": row["sidecar_sha256"], "size": row["file_size"], "chunk_ids": [],
+             "index_version": row["index_version"], "parse_signature": row["parse_signature"] or ""},
         )
         entry["chunk_ids"].append(row["chunk_id"])
     return Manifest({path: ManifestEntry(**{**e, "chunk_ids": tuple(e["chunk_ids"])}) for path, e in entries.items()})

@@ -24,6 +24,9 @@ class ManifestEntry:
     size: int
     chunk_ids: tuple[str, ...]
     index_version: str  # the version that embedded this file's chunks
+    # How its text was produced (parser and library versions, OCR engine, redaction settings);
+    # "" for files indexed before it was recorded. A change re-parses the file.
+    parse_signature: str = ""
 
     @property
     def fingerprint(self) -> FileFingerprint:

@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -66,17 +66,42 @@ class PIISettings(BaseModel):
         default_factory=lambda: ["EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "US_SSN", "IBAN_CODE", "IP_ADDRESS", "PERSON"],
         description="Presidio entity types to detect.",
     )
-    score_threshold: float = Field(0.4, ge=0, le=1, description="Presidio confidence needed to redact; measured (README).")
+    score_threshold: float = Field(
+        0.4, ge=0, le=1,
+        description="Presidio confidence needed to redact. 0.4: unambiguous formats, plus ambiguous ones with a context "
+        "word before them (phone, fax, card, ssn, ip...); 0.5 or more: unambiguous formats only; 0.1 or less: ambiguous "
+        "ones without context too (section numbers, table cells: not advised). Measured on the 118 PDFs (README).",
+    )
     spacy_model: str | None = Field(None, description="An installed spaCy NER model (e.g. en_core_web_lg) for PERSON; none offline.")
 
 
-class IngestSettings(BaseModel):
-    model_config = ConfigDict(validate_default=True)
+class OCRSettings(BaseModel):
+    enabled: bool = Field(True, description="Read scanned PDF pages and image files with Tesseract (a system package).")
+    languages: list[str] = Field(
+        default_factory=lambda: ["eng", "fra", "nld", "kor"],
+        description="Tesseract language packs to read with (those installed are used); see README, OCR.",
+    )
+    dpi: int = Field(300, ge=72, le=600, description="Resolution PDF pages are rendered at for OCR.")
+    tesseract_cmd: str = Field("tesseract", min_length=1, description="The tesseract binary (name on PATH or a path).")
+    timeout_s: float = Field(120.0, gt=0, description="Limit for one page's OCR.")
 
-    extensions: list[str] = Field(default_factory=lambda: [".pdf", ".txt", ".md"])
+
+DEFAULT_EXTENSIONS = [
+    ".pdf", ".txt", ".md", ".docx", ".pptx", ".xlsx", ".csv", ".html", ".htm", ".epub", ".odt",
+    ".png", ".jpg", ".jpeg", ".tif", ".tiff",
+]
+
+
+class IngestSettings(BaseModel):
+    model_config = ConfigDict(validate_default=True, populate_by_name=True)
+
+    extensions: list[str] = Field(default_factory=lambda: list(DEFAULT_EXTENSIONS))
     max_file_mb: float = Field(50.0, gt=0, description="Larger files are listed as failed.")
-    pdf_passwords: list[SecretStr] = Field(
-        default_factory=list, description="Tried after the empty password on encrypted PDFs."
+    passwords: list[SecretStr] = Field(
+        default_factory=list,
+        validation_alias=AliasChoices("passwords", "pdf_passwords"),
+        description="Tried on encrypted PDFs (after the empty password) and password-protected Office files. "
+        "'pdf_passwords' is accepted as the older name.",
     )
     embed_batch_size: int = Field(64, ge=1, description="Chunks per embedding call on a worker.")
     embed_actors_min: int = Field(1, ge=1, description="Embedding actor pool: minimum size.")
@@ -98,6 +123,10 @@ class IngestSettings(BaseModel):
     default_tenant: str = Field("default", pattern=NAME_PATTERN, description="Tenant of documents no rule or sidecar assigns.")
     access: list[AccessRule] = Field(default_factory=list, description="Folder prefix -> tenant and groups; first match wins.")
     pii: PIISettings = Field(default_factory=PIISettings)
+    ocr: OCRSettings = Field(default_factory=OCRSettings)
+    pdf_tables: bool = Field(
+        True, description="Read ruled tables on tabular-looking PDF pages with pdfplumber, rows with their headers (measured: README)."
+    )
 
     @field_validator("extensions")
     @classmethod

@@ -7,6 +7,11 @@ cd "$(dirname "$0")/.."
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
 bash scripts/setup.sh
 . .venv/bin/activate
+if ! command -v tesseract >/dev/null; then
+  # Not installed here (that needs root): scans and images are then listed in the job's
+  # files_failed with "OCR engine not installed". `sudo bash scripts/ensure_ocr.sh` adds it.
+  echo "note: Tesseract OCR is not installed; scanned pages and images will not be indexed (see README, OCR)" >&2
+fi
 SOURCE="${1:-samples}"
 DASHBOARD="http://127.0.0.1:${RAY_DASHBOARD_PORT:-8265}"
 if [ -n "${RAG_INDEX_DIR:-}" ]; then

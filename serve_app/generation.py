@@ -54,7 +54,7 @@ def format_context(passages: Sequence[RetrievedChunk]) -> str:
     blocks = []
     for number, chunk in enumerate(passages, start=1):
         text = _DELIMITER_LIKE.sub(r"&lt;\1", chunk.text)
-        source = html.escape(f"{chunk.file}, page {chunk.page}", quote=True)
+        source = html.escape(chunk.citation, quote=True)
         blocks.append(f'<passage number="{number}" source="{source}">\n{text}\n</passage>')
     return "\n\n".join(blocks)
 

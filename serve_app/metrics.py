@@ -100,7 +100,7 @@ class RayIndexMetrics:
         if ingest:
             if ingest["age_s"] is not None:
                 self._ingest_age.set(ingest["age_s"])
-            for action in ("added", "changed", "deleted", "failed", "ignored"):
+            for action in ("added", "changed", "reparsed", "deleted", "failed", "ignored"):
                 self._files.set(ingest["files"].get(action, 0), tags={"action": action})
             self._ingest_chunks.set(ingest["chunks_added"])
             self._failures.set(ingest["failures"])

@@ -56,9 +56,25 @@ class RetrieveRequest(_Request):
     _query_not_blank = field_validator("query")(classmethod(lambda cls, v: _not_blank(v)))
 
 
+class SourceLocation(BaseModel):
+    """Where the passage sits in its file. `kind` says what `page` counts."""
+
+    kind: Literal["page", "slide", "sheet", "section"] = Field(
+        ..., description="page: a PDF page or image frame; slide: a presentation slide; sheet: a spreadsheet table; section: text under a heading."
+    )
+    page: int = Field(..., description="The PDF page, slide number, sheet position (1-based) or, for flowing text, 1 (the chapter of an EPUB).")
+    slide: int | None = Field(None, description="Slide number (presentations).")
+    sheet: str | None = Field(None, description="Sheet name (workbooks; the file name for CSV).")
+    rows: str | None = Field(None, description="The sheet's row numbers the passage covers, e.g. '12-40'.")
+    heading: str | None = Field(None, description="The section's heading path ('Benefits > Vacation'), a slide's title or a table's title.")
+    ocr: bool = Field(False, description="The text was read from an image by OCR.")
+    ocr_confidence: float | None = Field(None, description="Mean OCR word confidence, 0-100.")
+
+
 class Source(BaseModel):
     file: str = Field(..., description="Path relative to the ingested folder.")
-    page: int
+    page: int = Field(..., description="Kept for older clients: location.page.")
+    location: SourceLocation
     chunk_id: str
     score: float
     text: str

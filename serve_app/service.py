@@ -22,7 +22,7 @@ from serve_app.faithfulness import answer_sentences, supported_share
 from serve_app.generation import ABSTAIN_ANSWER, MODE_DEGRADED, MODE_GENERATIVE, Answer
 from serve_app.metrics import NullMetrics, QueryMetrics
 from serve_app.redis_conn import FailFastRedis
-from serve_app.schemas import HealthResponse, QueryRequest, QueryResponse, RetrieveRequest, RetrieveResponse, Source
+from serve_app.schemas import HealthResponse, QueryRequest, QueryResponse, RetrieveRequest, RetrieveResponse, Source, SourceLocation
 
 log = logging.getLogger("serve_app.query")
 
@@ -66,8 +66,14 @@ class Stages(Protocol):
     async def status(self) -> dict[str, Any]: ...
 
 
+def source_location(chunk: RetrievedChunk) -> SourceLocation:
+    confidence = chunk.metadata.get("ocr_confidence")
+    return SourceLocation(**chunk.location.to_dict(), ocr=bool(chunk.metadata.get("ocr", False)),
+                          ocr_confidence=float(confidence) if confidence is not None else None)
+
+
 def to_sources(chunks: list[RetrievedChunk]) -> list[Source]:
-    return [Source(file=c.file, page=c.page, chunk_id=c.chunk_id, score=round(c.score, 6), text=c.text) for c in chunks]
+    return [Source(file=c.file, page=c.page, location=source_location(c), chunk_id=c.chunk_id, score=round(c.score, 6), text=c.text) for c in chunks]
 
 
 class StageClock:

@@ -133,3 +133,23 @@ def deploy_app(serve_http: str):
     yield deploy
     for name in deployed:
         serve.delete(name)
+
+
+def submit_ingest_job(cluster: RayCluster, source: str, env_vars: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess, dict[str, Any]]:
+    """`ray job submit ... -- python -m ingest_jobs.index --source SOURCE` against the test
+    cluster's dashboard, as users run it; returns the process and the job's JSON summary."""
+    import time
+
+    runtime_env = {"env_vars": env_vars}
+    for _ in range(12):  # right after start the dashboard may have no job agent yet ("try again later")
+        process = subprocess.run(
+            ["ray", "job", "submit", "--address", cluster.dashboard_url, "--working-dir", ".",
+             "--runtime-env-json", json.dumps(runtime_env), "--", "python", "-m", "ingest_jobs.index", "--source", source, *args],
+            cwd=REPO_ROOT, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+            capture_output=True, text=True, timeout=1200,
+        )
+        if "No available agent to submit job" not in process.stdout + process.stderr:
+            break
+        time.sleep(5)
+    summaries = [json.loads(line) for line in process.stdout.splitlines() if line.startswith('{"index_version"')]
+    return process, (summaries[-1] if summaries else {})

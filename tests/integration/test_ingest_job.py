@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -21,7 +20,7 @@ from rag_core.embedding import PACKAGED_MINILM, EmbeddingModel, packaged_minilm_
 from rag_core.index_reader import IndexReader
 from rag_core.index_store import VERSION_INFO_FILE, VersionedIndex
 from tests.conftest import REPO_ROOT, SAMPLES_DIR
-from tests.integration.conftest import ingest_env, run_ingest
+from tests.integration.conftest import ingest_env, run_ingest, submit_ingest_job
 from tests.local_cluster import ChromaServer
 
 SUMMARY_KEYS = {
@@ -164,7 +163,8 @@ def test_bad_input_is_reported_and_never_fatal(tmp_path, ray_cluster, pdf_dir):
     shutil.copy(pdf_dir / "ocrmypdf__skew.pdf", source / "scan.pdf")
     shutil.copy(pdf_dir / "pdfminer__aes-128.pdf", source / "locked.pdf")
     (source / "huge.txt").write_text("word " * 30_000)  # 150 kB, over the 0.1 MB limit set below
-    (source / "notes.docx").write_bytes(b"PK\x03\x04 not a supported type")
+    (source / "notes.docx").write_bytes(b"PK\x03\x04 not really a Word file")
+    (source / "notes.xyz").write_text("an unsupported type is ignored, not failed")
     outside = tmp_path / "outside.txt"
     outside.write_text("secret outside the source folder\n")
     (source / "link-out.txt").symlink_to(outside)
@@ -173,17 +173,22 @@ def test_bad_input_is_reported_and_never_fatal(tmp_path, ray_cluster, pdf_dir):
     result = run_ingest(index_dir, ray_cluster, "--source", str(source), RAG_INGEST__MAX_FILE_MB="0.1")
     assert result.returncode == 0, result.stderr[-3000:]
     failed = {f["file"]: f["reason"] for f in result.summary["files_failed"]}
-    assert set(failed) == {"empty.pdf", "truncated.pdf", "scan.pdf", "locked.pdf", "huge.txt"}
+    assert set(failed) == {"empty.pdf", "truncated.pdf", "locked.pdf", "huge.txt", "notes.docx"}
     assert failed["empty.pdf"] == "empty file (0 bytes)"
     assert failed["truncated.pdf"].startswith("malformed PDF")
-    assert failed["scan.pdf"] == "no extractable text"
     assert failed["locked.pdf"].startswith("encrypted PDF")
     assert "too large" in failed["huge.txt"]
+    assert failed["notes.docx"].startswith("corrupt or truncated .docx")
     manifest = VersionedIndex(index_dir).manifest(result.summary["index_version"])
-    assert set(manifest.files) == {"good.txt", "latin1.txt", "link-in.txt"}
-    assert result.summary["files_seen"] == 8 and result.summary["files_indexed"] == 3
-    texts = [d for d, m in all_documents(index_dir) if m["file"] == "latin1.txt"]
-    assert texts and "\ufffd" in texts[0] and "recipes for the staff kitchen" in texts[0]
+    assert set(manifest.files) == {"good.txt", "latin1.txt", "link-in.txt", "scan.pdf"}  # the scan through OCR
+    assert result.summary["files_seen"] == 9 and result.summary["files_indexed"] == 4
+    assert result.summary["files_ignored"] >= 2  # notes.xyz and the link out of the folder
+    documents = all_documents(index_dir)
+    texts = [d for d, m in documents if m["file"] == "latin1.txt"]
+    # Latin-1 bytes are detected and decoded, not replaced: the content is not altered.
+    assert texts and "Café crème and crêpe recipes for the staff kitchen" in texts[0]
+    scan = [m for _, m in documents if m["file"] == "scan.pdf"]
+    assert scan and all(m["ocr"] is True and 0 < m["ocr_confidence"] <= 100 and m["page"] == 1 for m in scan)
     assert not [d for d, _ in all_documents(index_dir) if "secret outside" in d]
 
     # An empty (e.g. unmounted) source never wipes an existing index.
@@ -203,18 +208,20 @@ def test_second_concurrent_run_fails_clearly_and_changes_nothing(tmp_path, ray_c
     assert holder.current_version() is None and not holder.committed_versions()
 
 
-def _manifest_expectations(pdf_dir: Path) -> tuple[set[str], set[str], list[str]]:
+def _manifest_expectations(pdf_dir: Path) -> tuple[set[str], set[str], set[str], list[str]]:
+    """All PDFs, the unreadable ones (malformed, empty), the image-only scans, the passwords."""
     rows = list(csv.DictReader((pdf_dir / "MANIFEST.tsv").open(), delimiter="\t"))
     no_text = {r["filename"] for r in rows if r["extractable_text"] == "no"}
+    scans = {r["filename"] for r in rows if r["extractable_text"] == "no" and r["category"].startswith("scanned")}
     passwords = sorted({r["password"] for r in rows if r["password"]})
-    return {r["filename"] for r in rows}, no_text, passwords
+    return {r["filename"] for r in rows}, no_text - scans, scans, passwords
 
 
 def test_killed_run_leaves_current_version_intact_then_all_shared_pdfs_are_accounted_for(tmp_path, ray_cluster, pdf_dir, model):
     source, index_dir = copy_samples(tmp_path / "docs"), tmp_path / "index"
     first = run_ingest(index_dir, ray_cluster, "--source", str(source))
     assert first.returncode == 0
-    all_pdfs, no_text, passwords = _manifest_expectations(pdf_dir)
+    all_pdfs, unreadable, scans, passwords = _manifest_expectations(pdf_dir)
     for name in all_pdfs:
         shutil.copy(pdf_dir / name, source / name)
     settings = {"RAG_INGEST__PDF_PASSWORDS": json.dumps(passwords), "RAG_INGEST__PROGRESS_INTERVAL_S": "0.5"}
@@ -251,7 +258,10 @@ def test_killed_run_leaves_current_version_intact_then_all_shared_pdfs_are_accou
     pdfs_indexed = {p for p in manifest.files if p in all_pdfs}
     assert s["files_seen"] == len(all_pdfs) + 4
     assert pdfs_indexed | set(failed) == all_pdfs and not pdfs_indexed & set(failed)
-    assert set(failed) == no_text  # every file with text is indexed, encrypted ones included
+    # Every file with text is indexed, encrypted ones included, and the image-only scans through OCR;
+    # what fails is what cannot be read at all.
+    assert set(failed) == unreadable, failed
+    assert scans <= pdfs_indexed and len(scans) == 11
     assert all(reason for reason in failed.values())
     assert s["files_unchanged"] == 4 and s["files_indexed"] == len(pdfs_indexed)
     assert s["chunks_total"] == len(all_documents(index_dir)) == manifest.chunk_count
@@ -281,21 +291,10 @@ def test_a_different_model_builds_a_full_new_version(tmp_path, ray_cluster):
 
 def test_ray_job_submit_runs_the_job_on_the_cluster(tmp_path, ray_cluster):
     index_dir = tmp_path / "index"
-    runtime_env = {"env_vars": {"RAG_INDEX_DIR": str(index_dir), "RAG_TRIGGERED_BY": "job-submit-test"}}
-    for _ in range(12):  # right after start the dashboard may have no job agent yet ("try again later")
-        process = subprocess.run(
-            ["ray", "job", "submit", "--address", ray_cluster.dashboard_url, "--working-dir", ".",
-             "--runtime-env-json", json.dumps(runtime_env), "--", "python", "-m", "ingest_jobs.index", "--source", "samples"],
-            cwd=REPO_ROOT, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
-            capture_output=True, text=True, timeout=600,
-        )
-        if "No available agent to submit job" not in process.stdout + process.stderr:
-            break
-        time.sleep(5)
+    process, summary = submit_ingest_job(ray_cluster, "samples", {"RAG_INDEX_DIR": str(index_dir), "RAG_TRIGGERED_BY": "job-submit-test"})
     assert process.returncode == 0, process.stdout[-3000:] + process.stderr[-3000:]
-    summaries = [json.loads(l) for l in process.stdout.splitlines() if l.startswith('{"index_version"')]
-    assert summaries and summaries[-1]["files_indexed"] == 4 and summaries[-1]["files_failed"] == []
-    assert VersionedIndex(index_dir).current_version() == summaries[-1]["index_version"]
+    assert summary["files_indexed"] == 4 and summary["files_failed"] == []
+    assert VersionedIndex(index_dir).current_version() == summary["index_version"]
     record = json.loads((index_dir / "audit.jsonl").read_text().splitlines()[-1])
     assert record["triggered_by"] == "job-submit-test"
 

@@ -12,7 +12,6 @@ import shutil
 import subprocess
 from collections import Counter
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient

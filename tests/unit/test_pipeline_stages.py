@@ -18,7 +18,7 @@ from rag_core.index_store import VersionedIndex, chunk_schema, manifest_from_row
 
 PACKAGED_SPEC = EmbeddingModelSpec(PACKAGED_MINILM, SOURCE_PACKAGE, 384, "")
 CONFIG = ParseConfig(
-    pdf_passwords=(),
+    passwords=(),
     chunk_size=200,
     chunk_overlap=20,
     separators=("\n\n", "\n", ". ", " ", ""),
@@ -139,7 +139,7 @@ def test_configured_pdf_password_is_used(shared_pdf_dir: Path) -> None:
     (locked,) = ParseAndChunk(CONFIG)(files).to_pylist()
     assert "encrypted" in locked["error"]
 
-    with_password = ParseConfig(**{**CONFIG.__dict__, "pdf_passwords": ("nope", ENCRYPTED_PASSWORD)})
+    with_password = ParseConfig(**{**CONFIG.__dict__, "passwords": ("nope", ENCRYPTED_PASSWORD)})
     opened = ParseAndChunk(with_password)(files)
     assert opened.num_rows > 1
     assert set(opened.column("error").to_pylist()) == {""}

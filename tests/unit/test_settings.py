@@ -65,9 +65,10 @@ def test_defaults_without_any_file_or_environment(clean_rag_env: Path, monkeypat
     assert settings.chunking.chunk_size == 512
     assert settings.chunking.chunk_overlap == 64
     assert settings.chunking.separators == ["\n\n", "\n", ". ", " ", ""]
-    assert sorted(settings.ingest.extensions) == [".md", ".pdf", ".txt"]
+    assert {".pdf", ".txt", ".md", ".docx", ".pptx", ".xlsx", ".csv", ".html", ".epub", ".odt", ".png", ".jpg", ".tif"} <= set(settings.ingest.extensions)
     assert settings.ingest.max_file_mb == 50.0
-    assert settings.ingest.pdf_passwords == []
+    assert settings.ingest.passwords == []
+    assert settings.ingest.ocr.enabled and settings.ingest.ocr.languages == ["eng", "fra", "nld", "kor"]
     assert settings.ingest.keep_versions == 5
     assert settings.ingest.lock_timeout_s == 0.0
 
@@ -85,7 +86,8 @@ def test_yaml_file_values_replace_defaults(yaml_file: Path, clean_rag_env: Path)
     assert (settings.chunking.chunk_size, settings.chunking.chunk_overlap) == (300, 30)
     assert settings.ingest.extensions == [".pdf", ".txt"]  # normalised: dot added, lower case
     assert settings.ingest.max_file_mb == 2.0
-    assert [p.get_secret_value() for p in settings.ingest.pdf_passwords] == ["first", "second"]
+    # The older name `pdf_passwords` still sets the passwords (now also tried on Office files).
+    assert [p.get_secret_value() for p in settings.ingest.passwords] == ["first", "second"]
     assert settings.ingest.keep_versions == 3
     # Keys the file does not set keep their defaults.
     assert settings.embedding_device == "auto"
@@ -191,3 +193,11 @@ def test_configs_rag_yaml_in_working_directory_is_the_default_file(clean_rag_env
 def test_no_config_file_in_working_directory_means_defaults(clean_rag_env: Path) -> None:
     assert not (clean_rag_env / "configs").exists()
     assert load_settings().embedding_model == "auto"
+
+
+def test_passwords_come_from_the_environment_under_either_name(clean_rag_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_INGEST__PASSWORDS", '["office", "pdf"]')
+    assert [p.get_secret_value() for p in load_settings().ingest.passwords] == ["office", "pdf"]
+    monkeypatch.delenv("RAG_INGEST__PASSWORDS")
+    monkeypatch.setenv("RAG_INGEST__PDF_PASSWORDS", '["legacy"]')
+    assert [p.get_secret_value() for p in load_settings().ingest.passwords] == ["legacy"]
