@@ -71,7 +71,7 @@ def ocr_factory(settings: OCRSettings | None) -> Any:
 def ocr_engine_label(settings: OCRSettings | None) -> str:
     """What OCR would read scans with now, as recorded in parse signatures (engine version,
     languages and this project's OCR revision), or 'unavailable' (not installed, or turned off)."""
-    from rag_core.ocr import OcrUnavailable
+    from rag_core.ocr import OcrError, OcrUnavailable
     from rag_core.parsing import OCR_UNAVAILABLE
 
     factory = ocr_factory(settings)
@@ -79,7 +79,7 @@ def ocr_engine_label(settings: OCRSettings | None) -> str:
         return OCR_UNAVAILABLE
     try:
         return factory().signature
-    except OcrUnavailable:
+    except (OcrUnavailable, OcrError):  # not installed, or it does not answer: as the workers would find it
         return OCR_UNAVAILABLE
 
 
@@ -109,6 +109,24 @@ class ParseAndChunk:
             rows.extend(self._one_file(record))
         node = current_node_id()
         return pa.Table.from_pylist([{**row, "parse_node": node} for row in rows], schema=parsed_schema())
+
+    def _redact_rows(self, segment: Any) -> tuple[Any, Counter]:
+        """A table segment whose text redaction changed, redacted line by line (each row is a
+        line), so every row start moves to where its line now begins."""
+        found: Counter = Counter()
+        old_starts, new_starts, lines = [], [], []
+        old_offset = new_offset = 0
+        for line in segment.text.split("\n"):
+            text, counts = self.redactor.redact(line)
+            found.update(counts)
+            old_starts.append(old_offset)
+            new_starts.append(new_offset)
+            lines.append(text)
+            old_offset += len(line) + 1
+            new_offset += len(text) + 1
+        moved = dict(zip(old_starts, new_starts))
+        row_starts = tuple((moved[offset], row) for offset, row in segment.row_starts if offset in moved)
+        return replace(segment, text="\n".join(lines), row_starts=row_starts), found
 
     def _redact(self, text: str) -> tuple[str, Counter]:
         if len(text) <= REDACT_PIECE_CHARS:
@@ -141,11 +159,12 @@ class ParseAndChunk:
             segments = []
             for segment in document.segments:
                 text, found = self._redact(segment.text)
+                if text != segment.text and segment.row_starts:
+                    segment, found = self._redact_rows(segment)
+                else:
+                    segment = replace(segment, text=text)
                 pii.update(found)
-                # Row offsets stay valid only if redaction kept the length; otherwise rows are
-                # located again by line.
-                segments.append(replace(segment, text=text) if len(text) == len(segment.text) or not segment.row_starts
-                                else replace(segment, text=text, row_starts=_relocate_rows(segment, text)))
+                segments.append(segment)
             chunks = self.chunker.chunk_segments(segments)
             if not chunks:
                 raise DocumentParseError("no extractable text")
@@ -185,19 +204,12 @@ def _line_pieces(text: str, limit: int = REDACT_PIECE_CHARS) -> list[str]:
     while start < len(text):
         end = start + limit
         if end < len(text):
-            newline = text.rfind("\n", start, end)
-            end = newline + 1 if newline > start else end
+            # Cut after a line, else after a word: a value split in two would not be recognised.
+            cut = max(text.rfind("\n", start, end), text.rfind(" ", start, end))
+            end = cut + 1 if cut > start else end
         pieces.append(text[start:end])
         start = end
     return pieces
-
-
-def _relocate_rows(segment: Any, text: str) -> tuple[tuple[int, int], ...]:
-    """Row starts after redaction changed lengths: rows are lines, so the n-th line start is kept."""
-    line_starts = [0] + [i + 1 for i, char in enumerate(text) if char == "\n"]
-    old_line_starts = [0] + [i + 1 for i, char in enumerate(segment.text) if char == "\n"]
-    line_of = {offset: index for index, offset in enumerate(old_line_starts)}
-    return tuple((line_starts[line_of[offset]], row) for offset, row in segment.row_starts if offset in line_of and line_of[offset] < len(line_starts))
 
 
 def _failure_row(common: dict[str, Any], reason: str) -> dict[str, Any]:
@@ -263,6 +275,10 @@ def build_dataset(file_rows: Sequence[dict[str, Any]], parse_config: ParseConfig
     as rows, so no worker needs the source folder on its own disk."""
     import ray
 
+    # One block is one file: a worker that dies on a file (out of memory, a crash in a native
+    # parser) loses that block only, and the driver reports the file ("no output from the
+    # pipeline") instead of failing the run.
+    ray.data.DataContext.get_current().max_errored_blocks = len(file_rows)
     dataset = ray.data.from_items(list(file_rows), override_num_blocks=max(1, len(file_rows)))
     dataset = dataset.map_batches(
         parse_and_chunk_batch,

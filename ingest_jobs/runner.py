@@ -22,6 +22,7 @@ from rag_core.audit import default_actor, utc_now
 from rag_core.embedding import EmbeddingModel, EmbeddingModelSpec, same_vector_space
 from rag_core.index_store import MANIFEST_COLUMNS, VersionBuilder, VersionedIndex, VersionInfo, manifest_from_rows, read_parquet_version
 from rag_core.manifest import Manifest, ManifestDiff, ManifestEntry, diff_manifest
+from rag_core.parsing import DocumentParseError
 from rag_core.settings import RAGSettings
 
 log = logging.getLogger("ingest_jobs")
@@ -65,19 +66,20 @@ def chunking_record(settings: RAGSettings) -> dict[str, Any]:
     return settings.chunking.model_dump()
 
 
+def signature_parts(signature: str) -> dict[str, str]:
+    """'pdf/3 pypdf 7.1.1; pii/2 redact 5cb5; ocr tesseract ...' -> {parser, pii, ocr}."""
+    items = signature.split("; ") if signature else []
+    named = {"parser": items[0]} if items else {}
+    for item in items[1:]:
+        named["ocr" if item.startswith("ocr ") else "pii" if item.startswith("pii") else item] = item
+    return named
+
+
 def signature_change(old: str, new: str) -> str:
-    """Why a file's parse signature changed, e.g. 'pdf/2 pypdf 6.0.0 -> pdf/2 pypdf 7.1.1'."""
+    """Why a file's parse signature changed, e.g. 'parser: pdf/2 pypdf 6.0.0 -> pdf/2 pypdf 7.1.1'."""
     if not old:
         return "parse signature not recorded (indexed by an older release)"
-
-    def parts(signature: str) -> dict[str, str]:
-        items = signature.split("; ")
-        named = {"parser": items[0]}
-        for item in items[1:]:
-            named["ocr" if item.startswith("ocr ") else "pii" if item.startswith("pii") else item] = item
-        return named
-
-    before, after = parts(old), parts(new)
+    before, after = signature_parts(old), signature_parts(new)
     for key in ("parser", "pii", "ocr"):
         if before.get(key) != after.get(key):
             return f"{key}: {before.get(key, 'none')} -> {after.get(key, 'none')}"
@@ -112,6 +114,9 @@ class IngestRun:
         self.pii_found: dict[str, dict[str, int]] = {}  # file -> PII type -> count redacted
         self.incomplete: dict[str, list[str]] = {}  # file -> parts that yielded no text
         self.reparsed: dict[str, str] = {}  # unchanged file read again -> why
+        # Of those, the ones whose old text may stay if reading them again fails: the PII settings
+        # that decided it are unchanged (text redacted under other settings is never kept).
+        self.reparsed_keepable: set[str] = set()
         self.parse_nodes: dict[str, str] = {}  # file -> node that parsed it
         self.embed_nodes: Counter = Counter()  # node -> chunks embedded there
         self.index = VersionedIndex.from_settings(settings)
@@ -174,16 +179,22 @@ class IngestRun:
         builder = self.index.begin(spec, chunking_record(self.settings), parent=current.version if current else None)
         try:
             new_entries, pipeline_failures = self._embed_and_write(builder, scan, diff.to_embed, spec, started_at)
-            failures.extend(pipeline_failures)
+            # An unchanged file that fails when read again (a worker lost, an OCR timeout) keeps
+            # the text it was indexed with, reported as incomplete, rather than leaving the index.
+            kept = {f.file: f.reason for f in pipeline_failures if f.file in self.reparsed_keepable}
+            for path, reason in kept.items():
+                self.incomplete[path] = [f"read again ({self.reparsed[path]}) and failed: {reason}; the previous text is kept"]
+            failures.extend(f for f in pipeline_failures if f.file not in kept)
             # Files whose old chunks leave the index: deleted, or changed (even if they now fail).
-            dropped = [p for p in diff.deleted + diff.changed if p in previous_manifest.files]
+            dropped = [p for p in diff.deleted + diff.changed if p in previous_manifest.files and p not in kept]
             if not (new_entries or dropped or rebuild_reason):
                 # Only previously failing files were retried, and they still fail: keep serving
                 # the current version rather than publishing an identical one.
                 builder.abort()
                 summary.files_failed = [asdict(f) for f in failures]
+                summary.files_incomplete = [{"file": path, "reason": "; ".join(self.incomplete[path])} for path in sorted(kept)]
                 return summary, self._file_actions(diff, [], failures, scan.ignored)
-            carried = self._carry_over(builder, current, diff, rebuild_reason)
+            carried = self._carry_over(builder, current, diff.unchanged + sorted(kept), rebuild_reason)
             manifest = Manifest({**carried, **new_entries})
             info = builder.commit(manifest)
             self.index.set_current(builder.version)
@@ -206,7 +217,8 @@ class IngestRun:
         summary.embed_nodes = dict(sorted(self.embed_nodes.items()))
         summary.files_deleted = len(diff.deleted)
         summary.files_failed = [asdict(f) for f in failures]
-        summary.files_incomplete = [{"file": path, "reason": "; ".join(parts)} for path, parts in sorted(self.incomplete.items()) if path in new_entries]
+        summary.files_incomplete = [{"file": path, "reason": "; ".join(parts)} for path, parts in sorted(self.incomplete.items())
+                                    if path in new_entries or path in kept]
         summary.chunks_added = sum(len(e.chunk_ids) for e in new_entries.values())
         summary.chunks_deleted = sum(len(previous_manifest.files[p].chunk_ids) for p in replaced)
         summary.chunks_total = info.chunks_total
@@ -226,9 +238,15 @@ class IngestRun:
             used_ocr = "; ocr " in old
             if used_ocr and ocr_now is None:
                 ocr_now = ocr_engine_label(self.settings.ingest.ocr if self.settings.ingest.ocr.enabled else None)
-            expected = parse_signature(path, redaction, ocr_now if used_ocr else "", self.settings.ingest.pdf_tables)
+            try:
+                expected = parse_signature(path, redaction, ocr_now if used_ocr else "", self.settings.ingest.pdf_tables)
+            except DocumentParseError as exc:  # a type this release does not read: parsed again, it fails with this reason
+                stale[path] = exc.reason
+                continue
             if old != expected:
                 stale[path] = signature_change(old, expected)
+                if signature_parts(old).get("pii") == signature_parts(expected).get("pii"):
+                    self.reparsed_keepable.add(path)
         if not stale:
             return diff, {}
         self.reparsed = stale
@@ -253,12 +271,12 @@ class IngestRun:
             return "chunking settings changed"
         return None
 
-    def _carry_over(self, builder: VersionBuilder, current: VersionInfo | None, diff: ManifestDiff, rebuild_reason: str | None) -> dict[str, ManifestEntry]:
-        """Copy unchanged files' chunks (with their vectors) from the current version's Parquet."""
-        if current is None or rebuild_reason or not diff.unchanged:
+    def _carry_over(self, builder: VersionBuilder, current: VersionInfo | None, paths: list[str], rebuild_reason: str | None) -> dict[str, ManifestEntry]:
+        """Copy these files' chunks (with their vectors) from the current version's Parquet."""
+        if current is None or rebuild_reason or not paths:
             return {}
         table, _ = read_parquet_version(self.index.parquet_dir(current.version))
-        keep = table.filter(pc.is_in(table.column("file"), value_set=pa.array(diff.unchanged)))
+        keep = table.filter(pc.is_in(table.column("file"), value_set=pa.array(paths, type=pa.string())))
         batch = self.settings.ingest.write_batch_size
         for offset in range(0, keep.num_rows, batch):
             builder.add(keep.slice(offset, batch))

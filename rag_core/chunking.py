@@ -61,6 +61,7 @@ class RecursiveChunker:
                     location = location.with_rows(*rows)
                 chunks.append(Chunk(len(chunks), start, end, segment.text[start:end], location, segment.ocr_confidence))
         return chunks
+
     def _pieces(self, text: str, start: int, end: int, separators: list[str]) -> list[tuple[int, int]]:
         """Contiguous spans covering text[start:end], each at most chunk_size long."""
         if end - start <= self.chunk_size:

@@ -14,8 +14,10 @@ from typing import Any, Literal
 LocationKind = Literal["page", "slide", "sheet", "section"]
 LOCATION_KINDS: tuple[str, ...] = ("page", "slide", "sheet", "section")
 
-# The chunk-metadata keys a location is stored under (flat scalars: Chroma metadata has no nesting).
-LOCATION_METADATA_KEYS = frozenset({"location_kind", "slide", "sheet", "rows", "heading"})
+# The chunk-metadata keys a location is stored under (flat scalars: Chroma metadata has no nesting),
+# prefixed so that they never collide with the natural names users give sidecar keys ("sheet").
+_STORED = {"kind": "location_kind", "slide": "location_slide", "sheet": "location_sheet", "rows": "location_rows", "heading": "location_heading"}
+LOCATION_METADATA_KEYS = frozenset(_STORED.values())
 
 
 @dataclass(frozen=True)
@@ -35,9 +37,9 @@ class Location:
 
     def to_metadata(self) -> dict[str, Any]:
         """Chunk metadata for Chroma and filters (page is stored apart, as it always was)."""
-        metadata: dict[str, Any] = {"location_kind": self.kind}
-        for key in ("slide", "sheet", "rows", "heading"):
-            value = getattr(self, key)
+        metadata: dict[str, Any] = {}
+        for field_name, key in _STORED.items():
+            value = getattr(self, field_name)
             if value is not None:
                 metadata[key] = value
         return metadata
@@ -45,15 +47,15 @@ class Location:
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any]) -> "Location":
         """The location of a stored chunk; chunks indexed before locations existed are pages."""
-        kind = metadata.get("location_kind", "page")
-        slide = metadata.get("slide")
+        kind = metadata.get(_STORED["kind"], "page")
+        slide = metadata.get(_STORED["slide"])
         return cls(
             kind=kind if kind in LOCATION_KINDS else "page",
             page=int(metadata.get("page", 1)),
-            slide=int(slide) if slide is not None else None,
-            sheet=metadata.get("sheet"),
-            rows=metadata.get("rows"),
-            heading=metadata.get("heading"),
+            slide=int(slide) if isinstance(slide, (int, float)) else None,
+            sheet=_text(metadata.get(_STORED["sheet"])),
+            rows=_text(metadata.get(_STORED["rows"])),
+            heading=_text(metadata.get(_STORED["heading"])),
         )
 
     @classmethod
@@ -62,15 +64,13 @@ class Location:
 
     def describe(self) -> str:
         """A short human citation: 'page 3', 'slide 2', "sheet 'Q3', rows 2-14", "section 'Intro'"."""
-        if self.kind == "slide":
-            text = f"slide {self.slide or self.page}"
-        elif self.kind == "sheet":
-            text = f"sheet '{self.sheet}'" + (f", rows {self.rows}" if self.rows else "")
-        elif self.kind == "section":
-            text = f"section '{self.heading}'" if self.heading else "text"
-            return text
-        else:
-            text = f"page {self.page}"
-        if self.heading and self.kind != "sheet":
-            text += f", '{self.heading}'"
-        return text
+        if self.kind == "section":
+            return f"section '{self.heading}'" if self.heading else "text"
+        if self.kind == "sheet":
+            return f"sheet '{self.sheet}'" + (f", rows {self.rows}" if self.rows else "")
+        text = f"slide {self.slide or self.page}" if self.kind == "slide" else f"page {self.page}"
+        return f"{text}, '{self.heading}'" if self.heading else text
+
+
+def _text(value: Any) -> str | None:
+    return value if isinstance(value, str) else None

@@ -160,8 +160,8 @@ class TesseractOcr:
 
     @property
     def signature(self) -> str:
-        """What decides the text read, for parse signatures: 'tesseract 5.3.0 eng+fra+nld+kor ocr-r1'."""
-        return f"{self.engine} {self.languages} ocr-r{REVISION}"
+        """What decides the text read, for parse signatures: 'tesseract 5.3.0 eng+fra+nld+kor 300dpi ocr-r1'."""
+        return f"{self.engine} {self.languages} {self.dpi}dpi ocr-r{REVISION}"
 
     def read(self, image: Image.Image) -> OcrText:
         """Text of one page image, within timeout_s for all its Tesseract runs together.

@@ -35,7 +35,7 @@ import numpy as np
 
 from serve_app.redis_conn import FailFastRedis, RedisUnavailable
 
-KEY_SCHEMA = "2"  # bump when the cached response or entry format changes
+KEY_SCHEMA = "3"  # bump when the cached response or entry format changes
 _SPACES = re.compile(r"\s+")
 _TRAILING_PUNCTUATION = re.compile(r"[\s?!.。？！]+$")
 _WORD = re.compile(r"\w[\w'’\-]*")

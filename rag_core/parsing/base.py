@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Sequence
 
@@ -61,13 +62,24 @@ class ParsedDocument:
 
 
 def header_line(header: Sequence[str]) -> str:
-    """A header row as one line, a merged heading once."""
-    cells: list[str] = []
-    for value in header:
-        value = " ".join(str(value).split())
-        if value and (not cells or cells[-1] != value):
-            cells.append(value)
-    return " | ".join(cells)
+    """A row as one line of its non-empty cells."""
+    return " | ".join(value for value in (" ".join(str(cell).split()) for cell in header) if value)
+
+
+def looks_numeric(text: str) -> bool:
+    """A figure: 26,347 or -4.2 or (81) or 34.5%."""
+    return bool(re.fullmatch(r"[-+(]?[\d.,]+%?\)?", text.strip())) and any(c.isdigit() for c in text)
+
+
+def grid_lines(grid: Sequence[Sequence[str]]) -> list[str]:
+    """A table from a document (Word, PowerPoint, OpenDocument) as lines: its first row names the
+    columns unless it holds figures (then no row does); one-row and one-column tables are plain."""
+    grid = [list(row) for row in grid if any(str(cell).strip() for cell in row)]
+    if not grid:
+        return []
+    if len(grid) == 1 or max(len(row) for row in grid) == 1 or any(looks_numeric(c) for c in grid[0] if c):
+        return [header_line(row) for row in grid]
+    return [header_line(grid[0])] + table_row_lines(grid[0], grid[1:])
 
 
 def short_heading(text: str, limit: int = 120) -> str:
@@ -82,7 +94,8 @@ def clean_text(text: str) -> str:
 
 def table_row_lines(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
     """Each row as 'Column: value | Column: value', so a cell is retrievable with its meaning.
-    Empty cells are left out; a column without a header keeps the bare value."""
+    Empty cells are left out; a column without a header keeps the bare value. Every other cell is
+    kept, equal neighbours included (a merged cell reads under each column it spans)."""
     lines = []
     for row in rows:
         cells: list[str] = []
@@ -91,9 +104,7 @@ def table_row_lines(header: Sequence[str], rows: Sequence[Sequence[str]]) -> lis
             if not value:
                 continue
             name = " ".join(str(header[position]).split()) if position < len(header) else ""
-            cell = f"{name}: {value}" if name and name != value else value
-            if not cells or cells[-1] != cell:  # a merged cell spans several columns
-                cells.append(cell)
+            cells.append(f"{name}: {value}" if name and name != value else value)
         if cells:
             lines.append(" | ".join(cells))
     return lines

@@ -7,7 +7,7 @@ import io
 import re
 from typing import Any, Sequence
 
-from rag_core.parsing.base import ParsedDocument, header_line, table_row_lines
+from rag_core.parsing.base import ParsedDocument, grid_lines
 from rag_core.parsing.office import open_package
 from rag_core.parsing.sections import SectionBuilder
 
@@ -131,12 +131,7 @@ def _table_lines(element: Any, styles: dict[str, str]) -> list[str]:
         except Exception:  # a malformed grid
             row_cells = []
         grid.append([" ".join(_cell_text(cell._tc).split()) for cell in row_cells])
-    grid = [row for row in grid if any(row)]
-    if not grid:
-        return []
-    if len(grid) == 1 or max(len(row) for row in grid) == 1:
-        return [header_line(row) for row in grid]
-    return [header_line(grid[0])] + table_row_lines(grid[0], grid[1:])
+    return grid_lines(grid)
 
 
 def _comments(document: Any) -> list[str]:

@@ -65,8 +65,7 @@ class _Reader:
         self.inline: list[str] = []
 
     def flush(self) -> None:
-        text = " ".join("".join(self.inline).split(" "))
-        text = "\n".join(" ".join(line.split()) for line in text.split("\n"))
+        text = "\n".join(" ".join(line.split()) for line in "".join(self.inline).split("\n"))
         text = re.sub(r"\n{2,}", "\n", text).strip()
         if text:
             self.builder.block(text)

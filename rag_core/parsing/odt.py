@@ -5,7 +5,7 @@ from __future__ import annotations
 import io
 from typing import Any, Sequence
 
-from rag_core.parsing.base import DocumentParseError, ParsedDocument, header_line, table_row_lines
+from rag_core.parsing.base import DocumentParseError, ParsedDocument, grid_lines
 from rag_core.parsing.office import open_package
 from rag_core.parsing.sections import SectionBuilder
 
@@ -74,10 +74,7 @@ def _table_lines(table: Any) -> list[str]:
             repeat = cell.getAttribute("numbercolumnsrepeated") if _has_attribute(cell, "numbercolumnsrepeated") else 1
             values.extend([text] * min(int(repeat or 1), 50))
         grid.append(values)
-    grid = [row for row in grid if any(row)]
-    if len(grid) < 2:
-        return [header_line(row) for row in grid]
-    return [header_line(grid[0])] + table_row_lines(grid[0], grid[1:])
+    return grid_lines(grid)
 
 
 def _table_row() -> Any:

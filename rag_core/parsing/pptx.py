@@ -8,7 +8,7 @@ import io
 from typing import Any, Sequence
 
 from rag_core.location import Location
-from rag_core.parsing.base import ParsedDocument, ParsedSegment, header_line, short_heading, table_row_lines
+from rag_core.parsing.base import ParsedDocument, ParsedSegment, grid_lines, short_heading
 from rag_core.parsing.office import open_package
 
 LIBRARY = "python-pptx"
@@ -75,10 +75,7 @@ def _table_lines(table: Any) -> list[str]:
                     for dc in range(cell.span_width):
                         if r + dr < len(grid) and c + dc < len(grid[r + dr]):
                             grid[r + dr][c + dc] = grid[r][c]
-    grid = [row for row in grid if any(row)]
-    if len(grid) < 2:
-        return [header_line(row) for row in grid]
-    return [header_line(grid[0])] + table_row_lines(grid[0], grid[1:])
+    return grid_lines(grid)
 
 
 def _chart_lines(chart: Any) -> list[str]:

@@ -10,7 +10,7 @@ import io
 from typing import Any, Sequence
 
 from rag_core.location import Location
-from rag_core.parsing.base import DocumentParseError, ParsedDocument, ParsedSegment, header_line, short_heading, table_row_lines
+from rag_core.parsing.base import DocumentParseError, ParsedDocument, ParsedSegment, header_line, looks_numeric, short_heading, table_row_lines
 from rag_core.parsing.encoding import decode_text
 from rag_core.parsing.office import open_package
 
@@ -90,11 +90,7 @@ def _merged_values(sheet: Any) -> dict[str, Any]:
 
 
 def _is_number(text: str) -> bool:
-    try:
-        float(text.replace(",", ""))
-        return True
-    except ValueError:
-        return False
+    return looks_numeric(text)
 
 
 def _header_only(block: list[Row]) -> bool:
@@ -112,14 +108,21 @@ def table_segments(rows: list[Row], location: Location, header_first: bool = Fal
     With `header_first` (CSV) the first row is always the header."""
     segments = []
     blocks = _blocks(rows)
+    csv_header: tuple[int | None, list[str]] | None = None
     for index, block in enumerate(blocks):
         if not header_first and _header_only(block) and index + 1 < len(blocks) and _numeric_share(blocks[index + 1][0][1]) > 0.25:
             # Header rows set apart from their numbers by a blank row (common in reports): the
             # next block's header.
             blocks[index + 1] = block + blocks[index + 1]
             continue
-        title, header, body = _split_table(block, header_first)
-        context: list[tuple[str, int]] = []  # the title and header lines, with their row numbers
+        if header_first and csv_header is not None:
+            # A CSV has one header, its first row: blank lines further down do not start tables.
+            title, header, body = None, (None, csv_header[1]), block
+        else:
+            title, header, body = _split_table(block, header_first)
+            if header_first:
+                csv_header = header
+        context: list[tuple[str, int | None]] = []  # the title and header lines, with their row numbers
         if title:
             context.append((title[1], title[0]))
         if header:
@@ -132,7 +135,7 @@ def table_segments(rows: list[Row], location: Location, header_first: bool = Fal
     return segments
 
 
-def _table_parts(context: list[tuple[str, int]], rows: list[tuple[str, int]], location: Location) -> list[ParsedSegment]:
+def _table_parts(context: list[tuple[str, int | None]], rows: list[tuple[str, int]], location: Location) -> list[ParsedSegment]:
     """A table as segments of at most MAX_SEGMENT_CHARS, each opening with the table's title and
     header lines, so every part of a long sheet says what its columns are. The repeated lines
     carry no row number: a part's rows are its own."""

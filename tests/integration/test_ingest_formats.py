@@ -232,3 +232,13 @@ def test_parse_signature_changes_reparse_exactly_the_files_they_affect(tmp_path,
     assert stricter["files_reparsed"] == 4 and stricter["files_unchanged"] == 0
     assert all(r.startswith("pii: pii/") for r in stricter["reparse_reasons"])
     assert stricter["full_rebuild_reason"] is None  # re-parsed file by file, not a full rebuild
+
+    # OCR gone: the scan cannot be read again, and keeps the text it was indexed with.
+    lost = run_ingest(index_dir, ray_cluster, "--source", str(source), RAG_INGEST__PDF_TABLES="false",
+                      RAG_INGEST__PII__SCORE_THRESHOLD="0.5", RAG_INGEST__OCR__TESSERACT_CMD="/nonexistent/tesseract").summary
+    incomplete = {entry["file"]: entry["reason"] for entry in lost["files_incomplete"]}
+    assert lost["files_failed"] == []
+    assert "OCR engine not installed" in incomplete["scan.pdf"] and "the previous text is kept" in incomplete["scan.pdf"]
+    assert "OCR engine not installed" in incomplete["mixed.pdf"]  # read again: its text page only
+    kept = VersionedIndex(index_dir).manifest(lost["index_version"]).files["scan.pdf"]
+    assert kept.chunk_ids and "; ocr tesseract" in kept.parse_signature  # the entry it was indexed with

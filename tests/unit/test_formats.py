@@ -206,3 +206,27 @@ def test_every_good_shared_document_yields_located_text(name: str) -> None:
     assert document.segments and document.text_chars > 0
     assert all(s.text.strip() and s.location.page >= 1 for s in document.segments)
     assert document.incomplete == []
+
+
+def test_a_csv_keeps_its_header_after_blank_lines() -> None:
+    document = DocumentParser().parse("cups.csv", b"Team,City,Cups\nLeafs,TOR,13\n\nBruins,BOS,6\nHabs,MTL,24\n")
+    text = text_of(document)
+    assert "Team: Bruins | City: BOS | Cups: 6" in text and "Team: Habs | City: MTL | Cups: 24" in text
+    second = document.segments[1]
+    assert second.rows_between(0, len(second.text)) == (4, 5)  # the repeated header is no row of its own
+
+
+def test_equal_neighbouring_cells_are_all_kept() -> None:
+    assert table_row_lines([], [["5", "5", "3"]]) == ["5 | 5 | 3"]
+    assert table_row_lines(["Revenue", "Revenue", "Cost"], [["10", "10", "3"]]) == ["Revenue: 10 | Revenue: 10 | Cost: 3"]
+
+
+def test_locations_are_stored_under_prefixed_keys_and_read_back_tolerantly() -> None:
+    location = Location("sheet", 2, sheet="Q3", rows="12-40", heading="Revenue")
+    stored = location.to_metadata()
+    assert stored == {"location_kind": "sheet", "location_sheet": "Q3", "location_rows": "12-40", "location_heading": "Revenue"}
+    assert Location.from_metadata({**stored, "page": 2}) == location
+    # Chunks from before locations, or with odd values, read as plain pages.
+    assert Location.from_metadata({"page": 3, "sheet": "a sidecar key", "location_slide": "x"}) == Location("page", 3)
+    assert location.describe() == "sheet 'Q3', rows 12-40"
+    assert Location("slide", 4, slide=4, heading="Roadmap").describe() == "slide 4, 'Roadmap'"
