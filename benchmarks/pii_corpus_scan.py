@@ -25,7 +25,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 
 from ingest_jobs.pipeline import ocr_factory
-from ingest_jobs.redaction import PIIRedactor
+from ingest_jobs.redaction import PIIRedactor, non_overlapping
 from rag_core.parsing import DocumentParseError, DocumentParser
 from rag_core.settings import IngestSettings, OCRSettings, PIISettings
 
@@ -62,12 +62,7 @@ class StockRedactor:
     def findings(self, text: str) -> list:
         if not text.strip():
             return []
-        results = self.analyzer.analyze(text=text, language="en", entities=self.entities, score_threshold=self.score_threshold)
-        kept: list = []
-        for result in sorted(results, key=lambda r: (-r.score, r.start - r.end, r.start)):
-            if all(result.end <= other.start or other.end <= result.start for other in kept):
-                kept.append(result)
-        return sorted(kept, key=lambda r: r.start)
+        return non_overlapping(self.analyzer.analyze(text=text, language="en", entities=self.entities, score_threshold=self.score_threshold))
 
 
 def passwords_from_manifest(source: Path) -> list[str]:

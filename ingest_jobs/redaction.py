@@ -302,6 +302,15 @@ def redactor_signature(mode: str, entities: Iterable[str], score_threshold: floa
     return f"pii/{RECOGNIZERS_REVISION} {mode} {digest}"
 
 
+def non_overlapping(results: list) -> list:
+    """Presidio results without overlaps (the higher score, then the longer span wins), in text order."""
+    kept: list = []
+    for result in sorted(results, key=lambda r: (-r.score, r.start - r.end, r.start)):
+        if all(result.end <= other.start or other.end <= result.start for other in kept):
+            kept.append(result)
+    return sorted(kept, key=lambda r: r.start)
+
+
 class PIIRedactor:
     def __init__(self, mode: str = "redact", entities: Iterable[str] = (), score_threshold: float = PIISettings().score_threshold,
                  spacy_model: str | None = None):
@@ -348,12 +357,7 @@ class PIIRedactor:
         (the higher score, then the longer span wins), in text order."""
         if self.analyzer is None or not text.strip():
             return []
-        results = self.analyzer.analyze(text=text, language="en", entities=self.entities, score_threshold=self.score_threshold)
-        kept: list = []
-        for result in sorted(results, key=lambda r: (-r.score, r.start - r.end, r.start)):
-            if all(result.end <= other.start or other.end <= result.start for other in kept):
-                kept.append(result)
-        return sorted(kept, key=lambda r: r.start)
+        return non_overlapping(self.analyzer.analyze(text=text, language="en", entities=self.entities, score_threshold=self.score_threshold))
 
     def redact(self, text: str) -> tuple[str, Counter]:
         """The text with PII replaced, and how many of each type were found."""
