@@ -70,6 +70,12 @@ PARQUET_ROWS_PER_FILE = 100_000
 
 _VERSION_PATTERN = re.compile(r"^v(\d{6,})$")
 
+# Chroma's defaults (16 neighbours, ef 100) lose recall when thousands of near-identical vectors
+# sit together, as the rows of one large table do: on the shared documents, a question about a
+# chart got none of its 10 true nearest chunks, only rows of a 13,000-row CSV (recall@10 0.83 over
+# 33 questions). 32 neighbours and ef 200 give 0.98 at the same query time (README, Results).
+HNSW_CONFIGURATION = {"space": "cosine", "max_neighbors": 32, "ef_construction": 200, "ef_search": 200}
+
 # Chunk metadata written by the pipeline; sidecar keys may not override these.
 RESERVED_METADATA_KEYS = frozenset(
     {"file", "page", "chunk_index", "char_start", "char_end", "file_sha256", "ingested_at", "index_version", "ocr", "ocr_confidence"}
@@ -197,9 +203,7 @@ class ChromaBackend:
         if self.chroma_url:
             self._drop_if_present(client, name)  # left over from a killed build of this version
         # embedding_function=None: vectors are always passed in; Chroma's default would download a model.
-        collection = client.create_collection(
-            name, configuration={"hnsw": {"space": "cosine"}}, embedding_function=None
-        )
+        collection = client.create_collection(name, configuration={"hnsw": HNSW_CONFIGURATION}, embedding_function=None)
         return client, collection
 
     def open(self, version: str) -> tuple[Any, Any]:
