@@ -141,7 +141,7 @@ def submit_ingest_job(cluster: RayCluster, source: str, env_vars: dict[str, str]
     import time
 
     runtime_env = {"env_vars": env_vars}
-    for _ in range(12):  # right after start the dashboard may have no job agent yet ("try again later")
+    for _ in range(40):  # right after start the dashboard may have no job agent yet ("try again later"), for a minute or more on a busy machine
         process = subprocess.run(
             ["ray", "job", "submit", "--address", cluster.dashboard_url, "--working-dir", ".",
              "--runtime-env-json", json.dumps(runtime_env), "--", "python", "-m", "ingest_jobs.index", "--source", source, *args],
