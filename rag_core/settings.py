@@ -7,11 +7,12 @@ in the working directory when present (the defaults below mirror that file).
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -99,7 +100,6 @@ class IngestSettings(BaseModel):
     max_file_mb: float = Field(50.0, gt=0, description="Larger files are listed as failed.")
     passwords: list[SecretStr] = Field(
         default_factory=list,
-        validation_alias=AliasChoices("passwords", "pdf_passwords"),
         description="Tried on encrypted PDFs (after the empty password) and password-protected Office files. "
         "'pdf_passwords' is accepted as the older name.",
     )
@@ -127,6 +127,24 @@ class IngestSettings(BaseModel):
     pdf_tables: bool = Field(
         True, description="Read ruled tables on tabular-looking PDF pages with pdfplumber, rows with their headers (measured: README)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_password_name(cls, data: Any) -> Any:
+        """`pdf_passwords` (the older name) adds to `passwords`: the file may set one name and the
+        environment the other, and every password given is tried."""
+        if isinstance(data, dict) and "pdf_passwords" in data:
+            data = dict(data)
+            older = data.pop("pdf_passwords") or []
+            if isinstance(older, str):
+                older = json.loads(older)
+            current = data.get("passwords") or []
+            if isinstance(current, str):
+                current = json.loads(current)
+            # Settings are validated twice (load_settings), the second time from SecretStr values.
+            current = [p.get_secret_value() if isinstance(p, SecretStr) else p for p in current]
+            data["passwords"] = [*current, *(p for p in older if p not in current)]
+        return data
 
     @field_validator("extensions")
     @classmethod

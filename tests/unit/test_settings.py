@@ -201,3 +201,12 @@ def test_passwords_come_from_the_environment_under_either_name(clean_rag_env: Pa
     monkeypatch.delenv("RAG_INGEST__PASSWORDS")
     monkeypatch.setenv("RAG_INGEST__PDF_PASSWORDS", '["legacy"]')
     assert [p.get_secret_value() for p in load_settings().ingest.passwords] == ["legacy"]
+
+
+def test_older_password_name_in_the_environment_adds_to_the_file_setting(clean_rag_env: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # configs/rag.yaml sets `passwords: []`; a deployment that still exports the older variable
+    # must not lose its passwords to the file's empty list.
+    config = clean_rag_env / "rag.yaml"
+    config.write_text("ingest:\n  passwords: [\"from-file\"]\n")
+    monkeypatch.setenv("RAG_INGEST__PDF_PASSWORDS", '["from-env", "from-file"]')
+    assert [p.get_secret_value() for p in load_settings(config).ingest.passwords] == ["from-file", "from-env"]
