@@ -88,7 +88,7 @@ def test_engine_names_tesseract_and_its_version(reader: TesseractOcr) -> None:
     assert re.fullmatch(r"tesseract \d+\.\d+\.\d+\S*", reader.engine)
     assert reader.languages == "eng+fra+nld+kor"
     assert {"eng", "fra", "nld", "kor", "osd"} <= reader.installed_languages
-    assert reader.signature == f"{reader.engine} eng+fra+nld+kor ocr-r{ocr.REVISION}"
+    assert reader.signature == f"{reader.engine} eng+fra+nld+kor {reader.dpi}dpi ocr-r{ocr.REVISION}"
 
 
 def test_missing_binary_is_unavailable_with_a_clear_reason() -> None:
