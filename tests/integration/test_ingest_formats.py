@@ -16,6 +16,10 @@ from tests.conftest import SHARED_DATA
 from tests.integration.conftest import submit_ingest_job
 from tests.integration.test_serve_app import wait_for
 
+# Indexing all shared documents (OCR, a 13,000-row CSV) takes most of a test's default 15 minutes
+# on 2 cores; the module-scoped indexes are built inside the first test that asks for them.
+pytestmark = pytest.mark.timeout(2400)
+
 DOCS_DIR = SHARED_DATA / "docs"
 OCR_QUESTIONS = json.loads((Path(__file__).resolve().parents[1] / "data" / "ocr_questions.json").read_text())
 OFFICE_PASSWORD = "Password1234_"  # msoffcrypto-tool's test file (docs/README.md)

@@ -217,6 +217,7 @@ def _manifest_expectations(pdf_dir: Path) -> tuple[set[str], set[str], set[str],
     return {r["filename"] for r in rows}, no_text - scans, scans, passwords
 
 
+@pytest.mark.timeout(1800)  # all 118 PDFs twice, with OCR of the scans
 def test_killed_run_leaves_current_version_intact_then_all_shared_pdfs_are_accounted_for(tmp_path, ray_cluster, pdf_dir, model):
     source, index_dir = copy_samples(tmp_path / "docs"), tmp_path / "index"
     first = run_ingest(index_dir, ray_cluster, "--source", str(source))
