@@ -94,7 +94,7 @@ def manifest_passwords(pdf_dir: Path) -> list[str]:
 def pdf_index(tmp_path_factory, ray_cluster, pdf_dir) -> tuple[Path, dict[str, Any]]:
     """An index of all shared PDFs (built once per session through the CLI)."""
     index_dir = tmp_path_factory.mktemp("pdf-index") / "index"
-    result = run_ingest(index_dir, ray_cluster, "--source", str(pdf_dir), timeout=900,
+    result = run_ingest(index_dir, ray_cluster, "--source", str(pdf_dir), timeout=1500,
                         RAG_INGEST__PDF_PASSWORDS=json.dumps(manifest_passwords(pdf_dir)))
     assert result.returncode == 0, result.stderr[-3000:]
     return index_dir, result.summary

@@ -251,7 +251,7 @@ def test_killed_run_leaves_current_version_intact_then_all_shared_pdfs_are_accou
     assert top.file == "vacation-policy.md"
     assert len(all_documents(index_dir)) == first.summary["chunks_total"]
 
-    rerun = run_ingest(index_dir, ray_cluster, "--source", str(source), timeout=900, **settings)
+    rerun = run_ingest(index_dir, ray_cluster, "--source", str(source), timeout=1500, **settings)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
     s = rerun.summary
     failed = {f["file"]: f["reason"] for f in s["files_failed"]}
