@@ -53,6 +53,9 @@ for _ in $(seq 120); do
   sleep 2
 done
 curl -s http://127.0.0.1:8000/health; echo
+# The first answer (extractive by default: no LLM is needed).
+curl -s http://127.0.0.1:8000/v1/query -H 'content-type: application/json' \
+     -d '{"question": "How many vacation days do employees get?", "top_k": 3}' | python -m json.tool | head -20
 cat <<'EXAMPLE'
 
 The service answers on http://127.0.0.1:8000. Try:

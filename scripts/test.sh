@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export RAY_AUTH_MODE=disabled RAY_USAGE_STATS_ENABLED=0
-bash scripts/setup.sh
+bash scripts/setup_test.sh
 bash scripts/ensure_redis.sh
 bash scripts/ensure_ocr.sh        # Tesseract and its language packs: the OCR tests read real scans
 bash scripts/ensure_promtool.sh   # the alert-rule tests run promtool
