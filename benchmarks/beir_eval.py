@@ -93,22 +93,28 @@ def documents_from_chunks(results: list[dict[str, Any]], names: dict[str, str]) 
 
 def ingest(corpus_dir: Path, index_dir: Path) -> dict[str, Any]:
     env = {**os.environ, "RAG_INDEX_DIR": str(index_dir), "PYTHONUNBUFFERED": "1"}
-    process = subprocess.run([sys.executable, "-m", "ingest_jobs.index", "--source", str(corpus_dir)], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    process = subprocess.run(
+        [sys.executable, "-m", "ingest_jobs.index", "--source", str(corpus_dir)], cwd=REPO_ROOT, env=env, capture_output=True, text=True
+    )
     summary = json.loads(process.stdout.strip().splitlines()[-1])
     if process.returncode != 0:
         raise SystemExit(f"ingest failed: {summary}")
     return summary
 
 
-async def run_queries(url: str, queries: dict[str, str], strategy: dict[str, Any], top_k: int, concurrency: int = 8) -> dict[str, list[dict]]:
+async def run_queries(
+    url: str, queries: dict[str, str], strategy: dict[str, Any], top_k: int, concurrency: int = 8
+) -> dict[str, list[dict]]:
     results: dict[str, list[dict]] = {}
     semaphore = asyncio.Semaphore(concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=60) as client:
+
         async def one(query_id: str, text: str) -> None:
             async with semaphore:
                 response = await client.post("/v1/retrieve", json={"query": text, "top_k": top_k, **strategy})
                 response.raise_for_status()
                 results[query_id] = response.json()["results"]
+
         await asyncio.gather(*(one(q, t) for q, t in queries.items()))
     return results
 
@@ -161,8 +167,11 @@ def main() -> None:
     names = write_corpus(dataset, workdir / "corpus")
     started = time.monotonic()
     summary = ingest(workdir / "corpus", workdir / "index")
-    print(f"ingest: {summary['files_indexed']} indexed, {summary['files_unchanged']} unchanged, {summary['chunks_total']} chunks, "
-          f"{len(summary['files_failed'])} failed, {time.monotonic() - started:.0f} s, version {summary['index_version']}", flush=True)
+    print(
+        f"ingest: {summary['files_indexed']} indexed, {summary['files_unchanged']} unchanged, {summary['chunks_total']} chunks, "
+        f"{len(summary['files_failed'])} failed, {time.monotonic() - started:.0f} s, version {summary['index_version']}",
+        flush=True,
+    )
     if args.ingest_only:
         return
 
@@ -187,12 +196,24 @@ def main() -> None:
             results = asyncio.run(run_queries(url, queries, STRATEGIES[name], args.top_k_chunks))
             metrics = evaluate(results, qrels, names)
             reranker = "-" if not STRATEGIES[name]["rerank"] else health["reranker"]
-            rows.append({"dataset": dataset.name, "split": args.split, "strategy": name, "queries": len(queries), "reranker": reranker, **metrics,
-                         "seconds": round(time.monotonic() - started, 1)})
+            rows.append(
+                {
+                    "dataset": dataset.name,
+                    "split": args.split,
+                    "strategy": name,
+                    "queries": len(queries),
+                    "reranker": reranker,
+                    **metrics,
+                    "seconds": round(time.monotonic() - started, 1),
+                }
+            )
             print(json.dumps(rows[-1]), flush=True)
         print("\n| dataset | split | strategy | nDCG@10 | recall@10 | MRR@10 | reranker |\n|---|---|---|---|---|---|---|")
         for row in rows:
-            print(f"| {row['dataset']} | {row['split']} ({row['queries']} q) | {row['strategy']} | {row['ndcg@10']} | {row['recall@10']} | {row['mrr@10']} | {row['reranker']} |")
+            print(
+                f"| {row['dataset']} | {row['split']} ({row['queries']} q) | {row['strategy']} | "
+                f"{row['ndcg@10']} | {row['recall@10']} | {row['mrr@10']} | {row['reranker']} |"
+            )
     finally:
         if server is not None:
             os.killpg(server.pid, 15)

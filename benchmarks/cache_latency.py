@@ -77,8 +77,9 @@ def main() -> None:
         if not path.exists():
             path.write_text(f"{context['title']}\n\n{context['text']}\n")
     env = {**os.environ, "RAG_INDEX_DIR": str(index_dir), "RAG_CONFIG": str(REPO_ROOT / "configs/rag.yaml")}
-    subprocess.run([sys.executable, "-m", "ingest_jobs.index", "--source", str(docs)], cwd=REPO_ROOT, env=env, check=True,
-                   stdout=subprocess.DEVNULL)
+    subprocess.run(
+        [sys.executable, "-m", "ingest_jobs.index", "--source", str(docs)], cwd=REPO_ROOT, env=env, check=True, stdout=subprocess.DEVNULL
+    )
 
     import ray
     from ray import serve
@@ -100,9 +101,17 @@ def main() -> None:
         serve.run(build_graph(settings), name=name, route_prefix=f"/{name}")
     local_port = free_port()
     local_app = subprocess.Popen(
-        [sys.executable, "-m", "serve_app.local"], cwd=REPO_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        env={**env, "RAG_REDIS_URL": redis_server.url, "RAG_API__PORT": str(local_port), "RAG_CACHE__KEY_PREFIX": "bench-local",
-             "RAG_AUTH__RATE_LIMIT_ENABLED": "false"},
+        [sys.executable, "-m", "serve_app.local"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={
+            **env,
+            "RAG_REDIS_URL": redis_server.url,
+            "RAG_API__PORT": str(local_port),
+            "RAG_CACHE__KEY_PREFIX": "bench-local",
+            "RAG_AUTH__RATE_LIMIT_ENABLED": "false",
+        },
     )
     local_base = f"http://127.0.0.1:{local_port}"
     deadline = time.monotonic() + 300
@@ -117,12 +126,15 @@ def main() -> None:
     random.Random(0).shuffle(questions)
     fresh = iter(questions)
     asked: list[str] = []
-    samples: dict[str, list[float]] = {k: [] for k in (
-        "miss_up", "miss_down", "miss_off", "hit_exact", "hit_semantic", "local_hit_exact", "openapi_serve", "openapi_local")}
+    samples: dict[str, list[float]] = {
+        k: []
+        for k in ("miss_up", "miss_down", "miss_off", "hit_exact", "hit_semantic", "local_hit_exact", "openapi_serve", "openapi_local")
+    }
     semantic_tries = semantic_hits = 0
     errors = 0
     base = f"http://127.0.0.1:{port}"
     with httpx.Client(base_url=base, timeout=60) as client, httpx.Client(base_url=local_base, timeout=60) as local:
+
         def post(app: str, question: str) -> tuple[float, dict]:
             nonlocal errors
             started = time.perf_counter()
@@ -160,15 +172,18 @@ def main() -> None:
                 samples["hit_semantic"].append(elapsed)
             repeated = {"question": random.choice(asked)}
             local.post("/v1/query", json=repeated)  # a miss the first time, then a hit
-            elapsed, body = timed(lambda: local.post("/v1/query", json=repeated))
+            elapsed, body = timed(lambda body=repeated: local.post("/v1/query", json=body))
             if body.get("cache") == "exact":
                 samples["local_hit_exact"].append(elapsed)
             samples["openapi_serve"].append(timed(lambda: client.get("/up/openapi.json"))[0])
             samples["openapi_local"].append(timed(lambda: local.get("/openapi.json"))[0])
 
-    table = {k: {"n": len(v), "p50_ms": round(percentile(v, 50), 2), "p95_ms": round(percentile(v, 95), 2)} for k, v in samples.items() if v}
+    table = {
+        k: {"n": len(v), "p50_ms": round(percentile(v, 50), 2), "p95_ms": round(percentile(v, 95), 2)} for k, v in samples.items() if v
+    }
     result = {
-        "errors": errors, "latency": table,
+        "errors": errors,
+        "latency": table,
         "semantic_variant_hit_rate": round(semantic_hits / max(1, semantic_tries), 3),
         "hit_vs_miss_p50": round(table["hit_exact"]["p50_ms"] / table["miss_up"]["p50_ms"], 3),
         "redis_down_adds_to_miss_p50_ms": round(table["miss_down"]["p50_ms"] - table["miss_up"]["p50_ms"], 2),

@@ -37,20 +37,38 @@ import yaml
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
+from benchmarks.ingest_throughput import pick_corpus  # noqa: E402
 from tests.local_cluster import ChromaServer, LocalRayCluster, free_port, local_serve_config  # noqa: E402
 from tests.redis_server import SHARED_REDIS_URL, unique_prefix  # noqa: E402
-from benchmarks.ingest_throughput import pick_corpus  # noqa: E402
 
 QA = REPO_ROOT.parent / "shared/data/qa/squad2_dev_cs224n"
 
 
 def submit_ingest(cluster: LocalRayCluster, source: Path, chroma_url: str, index_dir: Path, prefix: str, nodes: int) -> dict[str, Any]:
     env_vars = {
-        "RAG_CONFIG": str(REPO_ROOT / "configs/rag.yaml"), "RAG_CHROMA_URL": chroma_url, "RAG_INDEX_DIR": str(index_dir),
-        "RAG_CHROMA_COLLECTION_PREFIX": prefix, "RAG_INGEST__EMBED_ACTORS_MIN": str(nodes), "RAG_INGEST__EMBED_ACTORS_MAX": str(nodes),
+        "RAG_CONFIG": str(REPO_ROOT / "configs/rag.yaml"),
+        "RAG_CHROMA_URL": chroma_url,
+        "RAG_INDEX_DIR": str(index_dir),
+        "RAG_CHROMA_COLLECTION_PREFIX": prefix,
+        "RAG_INGEST__EMBED_ACTORS_MIN": str(nodes),
+        "RAG_INGEST__EMBED_ACTORS_MAX": str(nodes),
     }
-    done = cluster.ray("ray", "job", "submit", "--address", cluster.dashboard_url, "--runtime-env-json", json.dumps({"env_vars": env_vars}),
-                       "--", "python", "-m", "ingest_jobs.index", "--source", str(source), timeout=1800)
+    done = cluster.ray(
+        "ray",
+        "job",
+        "submit",
+        "--address",
+        cluster.dashboard_url,
+        "--runtime-env-json",
+        json.dumps({"env_vars": env_vars}),
+        "--",
+        "python",
+        "-m",
+        "ingest_jobs.index",
+        "--source",
+        str(source),
+        timeout=1800,
+    )
     if done.returncode != 0:
         raise RuntimeError(done.stdout[-3000:] + done.stderr[-3000:])
     return [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"index_version"')][-1]
@@ -76,17 +94,36 @@ def ingest_scaling(args: argparse.Namespace, corpus: Path, chroma: ChromaServer,
             rate = summary["chunks_added"] / summary["duration_s"]
             runs[workers].append(rate)
             nodes_used[workers].append(summary["embed_nodes"])
-            print(f"ingest round {round_} workers={workers}: {summary['chunks_added']} chunks in {summary['duration_s']:.1f}s "
-                  f"= {rate:.1f} chunks/s; embedded per node {list(summary['embed_nodes'].values())}", flush=True)
+            print(
+                f"ingest round {round_} workers={workers}: {summary['chunks_added']} chunks in {summary['duration_s']:.1f}s "
+                f"= {rate:.1f} chunks/s; embedded per node {list(summary['embed_nodes'].values())}",
+                flush=True,
+            )
     medians = {n: statistics.median(v) for n, v in runs.items()}
-    return {"chunks": chunks, "files": len(list(corpus.iterdir())), "chunks_per_s": runs, "median_chunks_per_s": medians,
-            "ratio_2_over_1": medians[2] / medians[1], "embed_nodes": nodes_used, "last_2_node_prefix": prefix}
+    return {
+        "chunks": chunks,
+        "files": len(list(corpus.iterdir())),
+        "chunks_per_s": runs,
+        "median_chunks_per_s": medians,
+        "ratio_2_over_1": medians[2] / medians[1],
+        "embed_nodes": nodes_used,
+        "last_2_node_prefix": prefix,
+    }
 
 
 def serve_config(port: int, chroma_url: str, index_prefix: str, cache_prefix: str, deployments: dict[str, dict]) -> dict[str, Any]:
-    config = local_serve_config(port, {
-        "chroma_url": chroma_url, "chroma_collection_prefix": index_prefix, "redis_url": SHARED_REDIS_URL,
-        "cache.key_prefix": cache_prefix, "cache.enabled": "false", "auth.rate_limit_enabled": "false", "index_dir": tempfile.mkdtemp()})
+    config = local_serve_config(
+        port,
+        {
+            "chroma_url": chroma_url,
+            "chroma_collection_prefix": index_prefix,
+            "redis_url": SHARED_REDIS_URL,
+            "cache.key_prefix": cache_prefix,
+            "cache.enabled": "false",
+            "auth.rate_limit_enabled": "false",
+            "index_dir": tempfile.mkdtemp(),
+        },
+    )
     app = config["applications"][0]
     for deployment in app["deployments"]:
         options = deployments.get(deployment["name"], {})
@@ -106,8 +143,11 @@ def deploy(cluster: LocalRayCluster, config: dict[str, Any], workdir: Path, expe
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:
         counts = replica_counts(cluster)
-        if counts and all(counts.get(name, {}).get("RUNNING", 0) == n for name, n in expect.items()) and \
-                all(sum(v for k, v in state.items() if k != "RUNNING") == 0 for state in counts.values()):
+        if (
+            counts
+            and all(counts.get(name, {}).get("RUNNING", 0) == n for name, n in expect.items())
+            and all(sum(v for k, v in state.items() if k != "RUNNING") == 0 for state in counts.values())
+        ):
             return
         time.sleep(2)
     raise TimeoutError(f"replicas not running: {replica_counts(cluster)}")
@@ -142,6 +182,7 @@ class Load:
     async def run(self, concurrency: int, seconds: float) -> None:
         stop = time.monotonic() + seconds
         async with httpx.AsyncClient(timeout=120) as client:
+
             async def worker() -> None:
                 while time.monotonic() < stop:
                     question = self.questions[self.next % len(self.questions)]
@@ -162,9 +203,13 @@ class Load:
 
 
 PROCESS_GROUPS = {  # Ray's process titles (and the Chroma server's command line) -> a stage
-    "ServeReplica:rag:Embedder": "Embedder", "ServeReplica:rag:Retriever": "Retriever",
-    "ServeReplica:rag:Ingress": "Ingress", "ServeReplica:rag:Generator": "Generator",
-    "ServeReplica:rag:Reranker": "Reranker", "ProxyActor": "HTTP proxy", "chroma run": "Chroma server",
+    "ServeReplica:rag:Embedder": "Embedder",
+    "ServeReplica:rag:Retriever": "Retriever",
+    "ServeReplica:rag:Ingress": "Ingress",
+    "ServeReplica:rag:Generator": "Generator",
+    "ServeReplica:rag:Reranker": "Reranker",
+    "ProxyActor": "HTTP proxy",
+    "chroma run": "Chroma server",
 }
 
 
@@ -187,7 +232,9 @@ def cpu_seconds_by_group() -> dict[str, float]:
     return totals
 
 
-def serving_per_replica(args, cluster: LocalRayCluster, chroma: ChromaServer, index_prefix: str, questions: list[str], workdir: Path) -> dict[str, Any]:
+def serving_per_replica(
+    args, cluster: LocalRayCluster, chroma: ChromaServer, index_prefix: str, questions: list[str], workdir: Path
+) -> dict[str, Any]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     results: dict[int, list[dict[str, float]]] = {1: [], 2: []}
@@ -205,22 +252,38 @@ def serving_per_replica(args, cluster: LocalRayCluster, chroma: ChromaServer, in
             served = rps * (end - start)
             cpu_ms = {g: round((after[g] - before.get(g, 0.0)) / served * 1000, 2) for g in after}
             results[replicas].append({"rps": rps, "p50_ms": p50, "errors": errors, "cpu_ms_per_request": cpu_ms})
-            print(f"serve round {round_} replicas={replicas}: {rps:.1f} req/s, p50 {p50:.0f} ms, errors {errors}; "
-                  f"CPU ms per request {cpu_ms}", flush=True)
+            print(
+                f"serve round {round_} replicas={replicas}: {rps:.1f} req/s, p50 {p50:.0f} ms, errors {errors}; "
+                f"CPU ms per request {cpu_ms}",
+                flush=True,
+            )
     medians = {n: statistics.median(r["rps"] for r in v) for n, v in results.items()}
-    cpu = {g: statistics.median(r["cpu_ms_per_request"].get(g, 0.0) for v in results.values() for r in v)
-           for g in PROCESS_GROUPS.values()}
-    return {"runs": results, "median_rps": medians, "ratio_2_over_1": medians[2] / medians[1], "concurrency": args.concurrency,
-            "median_cpu_ms_per_request": cpu,
-            # What one replica with one core of its own could serve, from its CPU cost per request.
-            "requests_per_core_second": {g: round(1000 / ms, 1) for g, ms in cpu.items() if ms > 0}}
+    cpu = {g: statistics.median(r["cpu_ms_per_request"].get(g, 0.0) for v in results.values() for r in v) for g in PROCESS_GROUPS.values()}
+    return {
+        "runs": results,
+        "median_rps": medians,
+        "ratio_2_over_1": medians[2] / medians[1],
+        "concurrency": args.concurrency,
+        "median_cpu_ms_per_request": cpu,
+        # What one replica with one core of its own could serve, from its CPU cost per request.
+        "requests_per_core_second": {g: round(1000 / ms, 1) for g, ms in cpu.items() if ms > 0},
+    }
 
 
-def autoscaling_timeline(args, cluster: LocalRayCluster, chroma: ChromaServer, index_prefix: str, questions: list[str], workdir: Path) -> dict[str, Any]:
+def autoscaling_timeline(
+    args, cluster: LocalRayCluster, chroma: ChromaServer, index_prefix: str, questions: list[str], workdir: Path
+) -> dict[str, Any]:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    policy = {"min_replicas": 1, "max_replicas": 3, "target_ongoing_requests": 2, "upscale_delay_s": 3,
-              "downscale_delay_s": 15, "look_back_period_s": 5, "metrics_interval_s": 1}
+    policy = {
+        "min_replicas": 1,
+        "max_replicas": 3,
+        "target_ongoing_requests": 2,
+        "upscale_delay_s": 3,
+        "downscale_delay_s": 15,
+        "look_back_period_s": 5,
+        "metrics_interval_s": 1,
+    }
     autoscaled = {"autoscaling_config": policy}
     config = serve_config(port, chroma.url, index_prefix, unique_prefix("bench"), {"Embedder": autoscaled, "Retriever": autoscaled})
     deploy(cluster, config, workdir, {"Embedder": 1, "Retriever": 1})
@@ -232,10 +295,14 @@ def autoscaling_timeline(args, cluster: LocalRayCluster, chroma: ChromaServer, i
     async def sample(stop_at: float) -> None:
         while time.monotonic() < stop_at:
             counts = await asyncio.to_thread(replica_counts, cluster)
-            timeline.append({"t": round(time.monotonic() - started, 1),
-                             **{name: counts.get(name, {}).get("RUNNING", 0) for name in ("Embedder", "Retriever")},
-                             "starting": sum(c.get("STARTING", 0) for c in counts.values()),
-                             "stopping": sum(c.get("STOPPING", 0) for c in counts.values())})
+            timeline.append(
+                {
+                    "t": round(time.monotonic() - started, 1),
+                    **{name: counts.get(name, {}).get("RUNNING", 0) for name in ("Embedder", "Retriever")},
+                    "starting": sum(c.get("STARTING", 0) for c in counts.values()),
+                    "stopping": sum(c.get("STOPPING", 0) for c in counts.values()),
+                }
+            )
             await asyncio.sleep(1)
 
     async def run() -> None:
@@ -305,8 +372,10 @@ def main() -> None:
         return
     print("\nautoscaling timeline (t s, phase, Embedder, Retriever replicas running, starting, stopping, req/s and p50 over 5 s)")
     for point in report["autoscaling"]["timeline"]:
-        print(f"{point['t']:6.1f} {point['phase']:6} E={point['Embedder']} R={point['Retriever']} start={point['starting']} "
-              f"stop={point['stopping']} {point['rps_5s']:5.1f} req/s p50={point['p50_ms_5s']}")
+        print(
+            f"{point['t']:6.1f} {point['phase']:6} E={point['Embedder']} R={point['Retriever']} start={point['starting']} "
+            f"stop={point['stopping']} {point['rps_5s']:5.1f} req/s p50={point['p50_ms_5s']}"
+        )
 
 
 if __name__ == "__main__":

@@ -50,16 +50,28 @@ def single_process_loop(settings, source: Path) -> int:
     """The plain loop: scan, then per file parse + chunk, embed, write; one process, all cores."""
     scan = SourceScanner(settings.ingest.extensions, int(settings.ingest.max_file_mb * 2**20)).scan(source)
     model = EmbeddingModel.from_setting(settings.embedding_model, "cpu", settings.embedding_query_instruction)
-    embed = EmbedChunks(model.spec.to_dict(), "cpu", settings.ingest.embed_torch_threads or len(os.sched_getaffinity(0)), settings.ingest.embed_batch_size)
+    embed = EmbedChunks(
+        model.spec.to_dict(), "cpu", settings.ingest.embed_torch_threads or len(os.sched_getaffinity(0)), settings.ingest.embed_batch_size
+    )
     index = VersionedIndex.from_settings(settings)
     builder = index.begin(model.spec, settings.chunking.model_dump(), parent=None)
-    parse = ParseAndChunk(ParseConfig(
-        passwords=(), chunk_size=settings.chunking.chunk_size, chunk_overlap=settings.chunking.chunk_overlap,
-        separators=tuple(settings.chunking.separators), ingested_at=utc_now(), index_version=builder.version,
-    ))
+    parse = ParseAndChunk(
+        ParseConfig(
+            passwords=(),
+            chunk_size=settings.chunking.chunk_size,
+            chunk_overlap=settings.chunking.chunk_overlap,
+            separators=tuple(settings.chunking.separators),
+            ingested_at=utc_now(),
+            index_version=builder.version,
+        )
+    )
     written = []
     for source_file in scan.files:
-        rows = parse(pa.Table.from_pylist([file_row(source_file.path, source_file.absolute.read_bytes(), source_file.sidecar_sha256, source_file.metadata)]))
+        rows = parse(
+            pa.Table.from_pylist(
+                [file_row(source_file.path, source_file.absolute.read_bytes(), source_file.sidecar_sha256, source_file.metadata)]
+            )
+        )
         good = rows.filter(pa.compute.equal(rows.column("error"), ""))
         for offset in range(0, good.num_rows, settings.ingest.embed_batch_size):
             batch = embed(good.slice(offset, settings.ingest.embed_batch_size)).drop_columns(["error"])

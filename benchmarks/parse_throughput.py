@@ -117,18 +117,51 @@ def main() -> None:
         total_wall += wall
         total_ocr += ocr
         ocr_pages += file_ocr_pages
-        print(json.dumps({"file": path.name, "format": fmt, "cpu_s": round(cpu, 3), "wall_s": round(wall, 3), "ocr_pages": file_ocr_pages, "ocr_seconds": round(ocr, 3), "failed": failed}), flush=True)
+        print(
+            json.dumps(
+                {
+                    "file": path.name,
+                    "format": fmt,
+                    "cpu_s": round(cpu, 3),
+                    "wall_s": round(wall, 3),
+                    "ocr_pages": file_ocr_pages,
+                    "ocr_seconds": round(ocr, 3),
+                    "failed": failed,
+                }
+            ),
+            flush=True,
+        )
 
     print("\n| format | files (failed) | MB | parse CPU s | MB/s | segments/s | chars/s | OCR pages | OCR CPU s |")
     print("|---|---|---|---|---|---|---|---|---|")
     for fmt, s in sorted(per_format.items()):
-        print(f"| {fmt} | {int(s['files'])} ({int(s['failed'])}) | {s['bytes'] / 2**20:.2f} | {s['seconds']:.1f} | {s['bytes'] / 2**20 / s['seconds']:.2f} | "
-              f"{s['segments'] / s['seconds']:.0f} | {s['chars'] / s['seconds']:,.0f} | {int(s['ocr_pages'])} | {s['ocr_seconds']:.1f} |")
+        print(
+            f"| {fmt} | {int(s['files'])} ({int(s['failed'])}) | {s['bytes'] / 2**20:.2f} "
+            f"| {s['seconds']:.1f} | {s['bytes'] / 2**20 / s['seconds']:.2f} | "
+            f"{s['segments'] / s['seconds']:.0f} | {s['chars'] / s['seconds']:,.0f} | {int(s['ocr_pages'])} | {s['ocr_seconds']:.1f} |"
+        )
     rate = ocr_pages / total_ocr if total_ocr else 0.0
-    print(f"\nOCR: {ocr_pages} pages in {total_ocr:.1f} CPU s on one core = {rate:.2f} pages/s per core ({total_ocr / max(ocr_pages, 1):.2f} s per page)")
-    print(f"mixed run (every shared document, one core): {total_cpu:.1f} CPU s ({total_wall:.1f} s wall), of which OCR {total_ocr:.1f} s = {total_ocr / total_cpu:.0%}")
+    print(
+        f"\nOCR: {ocr_pages} pages in {total_ocr:.1f} CPU s on one core = {rate:.2f} "
+        f"pages/s per core ({total_ocr / max(ocr_pages, 1):.2f} s per page)"
+    )
+    print(
+        f"mixed run (every shared document, one core): {total_cpu:.1f} CPU s ({total_wall:.1f} "
+        f"s wall), of which OCR {total_ocr:.1f} s = {total_ocr / total_cpu:.0%}"
+    )
     if args.json:
-        args.json.write_text(json.dumps({"formats": per_format, "ocr_pages": ocr_pages, "ocr_cpu_seconds": total_ocr, "cpu_seconds": total_cpu, "wall_seconds": total_wall}, indent=1))
+        args.json.write_text(
+            json.dumps(
+                {
+                    "formats": per_format,
+                    "ocr_pages": ocr_pages,
+                    "ocr_cpu_seconds": total_ocr,
+                    "cpu_seconds": total_cpu,
+                    "wall_seconds": total_wall,
+                },
+                indent=1,
+            )
+        )
 
 
 if __name__ == "__main__":

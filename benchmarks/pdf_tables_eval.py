@@ -69,8 +69,11 @@ def table_pdfs(pdf_dir: Path) -> list[tuple[str, str]]:
     """(file name, password) of the table PDFs that have a text layer."""
     with (pdf_dir / "MANIFEST.tsv").open(newline="") as handle:
         rows = list(csv.DictReader(handle, delimiter="\t"))
-    return [(r["filename"], r.get("password", "")) for r in rows
-            if "table" in r["category"] and r["extractable_text"] != "no" and not r["pypdf_status"].startswith("unreadable")]
+    return [
+        (r["filename"], r.get("password", ""))
+        for r in rows
+        if "table" in r["category"] and r["extractable_text"] != "no" and not r["pypdf_status"].startswith("unreadable")
+    ]
 
 
 def pypdf_pages(data: bytes, password: str) -> list[str]:
@@ -82,8 +85,17 @@ def pypdf_pages(data: bytes, password: str) -> list[str]:
 
 def parse_all(pdf_dir: Path, gate: bool) -> dict:
     chunker = RecursiveChunker(512, 64)
-    out = {"pypdf": [], "tables": [], "pages": 0, "gated": 0, "replaced": 0, "pypdf_s": 0.0, "plumber_s": 0.0,
-           "replaced_pages": {}, "texts": {}}
+    out = {
+        "pypdf": [],
+        "tables": [],
+        "pages": 0,
+        "gated": 0,
+        "replaced": 0,
+        "pypdf_s": 0.0,
+        "plumber_s": 0.0,
+        "replaced_pages": {},
+        "texts": {},
+    }
     for name, password in table_pdfs(pdf_dir):
         data = (pdf_dir / name).read_bytes()
         started = time.perf_counter()
@@ -163,8 +175,10 @@ def main() -> None:
     questions = [json.loads(line) for line in args.questions.open() if line.strip()]
     parsed = parse_all(args.pdf_dir, gate=not args.no_gate)
     pages = parsed["pages"]
-    print(f"{len(table_pdfs(args.pdf_dir))} table PDFs, {pages} pages; gate {'off' if args.no_gate else 'on'}: "
-          f"pdfplumber ran on {parsed['gated']} pages, found a usable table on {parsed['replaced']}")
+    print(
+        f"{len(table_pdfs(args.pdf_dir))} table PDFs, {pages} pages; gate {'off' if args.no_gate else 'on'}: "
+        f"pdfplumber ran on {parsed['gated']} pages, found a usable table on {parsed['replaced']}"
+    )
     print(f"chunks: pypdf {len(parsed['pypdf'])}, tables {len(parsed['tables'])}; questions: {len(questions)}")
     bad = unverified(questions, parsed["texts"], args.pdf_dir)
     print(f"answers verified in their page's text: {len(questions) - len(bad)}/{len(questions)}" + (f"; NOT FOUND: {bad}" if bad else ""))
@@ -191,8 +205,10 @@ def main() -> None:
     pypdf_spp = parsed["pypdf_s"] / pages
     tables_spp = (parsed["pypdf_s"] + parsed["plumber_s"]) / pages
     print()
-    print("Hit: a chunk from the question's file+page with one line holding both the answer cell's exact text "
-          "(not inside a longer number) and the row label.")
+    print(
+        "Hit: a chunk from the question's file+page with one line holding both the answer cell's exact text "
+        "(not inside a longer number) and the row label."
+    )
     print()
     print("| variant | mode | hit@1 | hit@5 | MRR@10 | answerable | parse s/page |")
     print("|---|---|---|---|---|---|---|")
@@ -204,8 +220,10 @@ def main() -> None:
             print(f"| {variant} | {mode} | {h1:.3f} | {h5:.3f} | {mrr:.3f} | {answerable[variant]}/{n} | {spp:.3f} |")
     print()
     plumber_gated = parsed["plumber_s"] / parsed["gated"] if parsed["gated"] else 0.0
-    print(f"parse seconds per page over all {pages} pages: pypdf {pypdf_spp:.3f}, pypdf + pdfplumber on gated pages "
-          f"{tables_spp:.3f}; pdfplumber alone {plumber_gated:.3f} s per page it ran on")
+    print(
+        f"parse seconds per page over all {pages} pages: pypdf {pypdf_spp:.3f}, pypdf + pdfplumber on gated pages "
+        f"{tables_spp:.3f}; pdfplumber alone {plumber_gated:.3f} s per page it ran on"
+    )
     if args.verbose:
         print()
         print("| question | " + " | ".join(f"{v} {m}" for v in ("pypdf", "tables") for m in ("dense", "bm25", "hybrid")) + " |")

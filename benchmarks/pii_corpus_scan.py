@@ -62,7 +62,9 @@ class StockRedactor:
     def findings(self, text: str) -> list:
         if not text.strip():
             return []
-        return non_overlapping(self.analyzer.analyze(text=text, language="en", entities=self.entities, score_threshold=self.score_threshold))
+        return non_overlapping(
+            self.analyzer.analyze(text=text, language="en", entities=self.entities, score_threshold=self.score_threshold)
+        )
 
 
 def passwords_from_manifest(source: Path) -> list[str]:
@@ -98,12 +100,19 @@ def scan(source: Path, redactor, passwords: list[str], width: int = 60) -> tuple
             text = segment.text
             for finding in redactor.findings(text):
                 start, end = finding.start, finding.end
-                rows.append({
-                    "file": path.name, "page": segment.location.page, "type": finding.entity_type,
-                    "score": f"{finding.score:.2f}", "matched": _flat(text[start:end]),
-                    "context": f"{_flat(text[max(0, start - width):start])}[[{_flat(text[start:end])}]]{_flat(text[end:end + width])}",
-                    "verdict": UNREVIEWED, "reason": "",
-                })
+                rows.append(
+                    {
+                        "file": path.name,
+                        "page": segment.location.page,
+                        "type": finding.entity_type,
+                        "score": f"{finding.score:.2f}",
+                        "matched": _flat(text[start:end]),
+                        "context": f"{_flat(text[max(0, start - width) : start])}[[{_flat(text[start:end])}]]"
+                        f"{_flat(text[end : end + width])}",
+                        "verdict": UNREVIEWED,
+                        "reason": "",
+                    }
+                )
     stats = {"files": len(files), "parsed": parsed, "not_parsed": failed, "segments": segments, "chars": chars}
     return rows, stats
 
@@ -154,16 +163,23 @@ def main() -> None:
     per_type = Counter(row["type"] for row in rows)
     verdicts = Counter((row["type"], row["verdict"]) for row in rows)
     summary = {
-        "source": os.path.relpath(args.source, REPO_ROOT), "redactor": redactor.signature, "score_threshold": threshold,
-        "entities": redactor.entities, **stats, "seconds": round(elapsed, 1),
-        "replacements": dict(sorted(per_type.items())), "total": len(rows),
+        "source": os.path.relpath(args.source, REPO_ROOT),
+        "redactor": redactor.signature,
+        "score_threshold": threshold,
+        "entities": redactor.entities,
+        **stats,
+        "seconds": round(elapsed, 1),
+        "replacements": dict(sorted(per_type.items())),
+        "total": len(rows),
         "verdicts": {f"{kind} {verdict}": n for (kind, verdict), n in sorted(verdicts.items())},
         "files_with_findings": len({row["file"] for row in rows}),
     }
     (args.out.parent / (args.out.stem.replace("_findings", "") + "_summary.json")).write_text(json.dumps(summary, indent=2) + "\n")
 
-    print(f"{stats['parsed']} of {stats['files']} files parsed, {stats['segments']} segments, {elapsed:.0f} s; "
-          f"redactor {redactor.signature}; verdicts carried over: {carried}")
+    print(
+        f"{stats['parsed']} of {stats['files']} files parsed, {stats['segments']} segments, {elapsed:.0f} s; "
+        f"redactor {redactor.signature}; verdicts carried over: {carried}"
+    )
     print("| type | replacements | true | false positive | unreviewed |")
     print("|---|---|---|---|---|")
     for kind in sorted(per_type):

@@ -73,9 +73,14 @@ def evaluate(redactor: PIIRedactor, items: list[dict], misses: list | None = Non
         fp = sum(false_positive.values()) if kind == "ALL" else false_positive[kind]
         predicted_kind = tp_typed + fp
         table[kind] = {
-            "labelled": n, "found": tp, "found_typed": tp_typed, "false_positives": fp,
+            "labelled": n,
+            "found": tp,
+            "found_typed": tp_typed,
+            "false_positives": fp,
             "recall": round(tp / n, 3) if n else None,
-            "precision": round(tp_typed / predicted_kind, 3) if kind != "ALL" and predicted_kind else (round(tp / (tp + fp), 3) if tp + fp else None),
+            "precision": round(tp_typed / predicted_kind, 3)
+            if kind != "ALL" and predicted_kind
+            else (round(tp / (tp + fp), 3) if tp + fp else None),
         }
     return table
 
@@ -84,7 +89,10 @@ def print_table(table: dict) -> None:
     print("| type | labelled | found (any type) | found (right type) | false positives | recall | precision |")
     print("|---|---|---|---|---|---|---|")
     for kind, row in table.items():
-        print(f"| {kind} | {row['labelled']} | {row['found']} | {row['found_typed']} | {row['false_positives']} | {row['recall']} | {row['precision']} |")
+        print(
+            f"| {kind} | {row['labelled']} | {row['found']} | {row['found_typed']} "
+            f"| {row['false_positives']} | {row['recall']} | {row['precision']} |"
+        )
 
 
 def main() -> None:
@@ -96,8 +104,10 @@ def main() -> None:
     items = load(args.data)
     real = [item for item in items if item.get("source")]
     defaults = PIISettings()
-    print(f"{len(items)} texts ({len(real)} copied from real PDFs), {sum(len(i['pii']) for i in items)} labelled values, "
-          f"{sum(not i['pii'] for i in items)} texts without PII")
+    print(
+        f"{len(items)} texts ({len(real)} copied from real PDFs), {sum(len(i['pii']) for i in items)} labelled values, "
+        f"{sum(not i['pii'] for i in items)} texts without PII"
+    )
     for threshold in [float(t) for t in args.thresholds.split(",")]:
         redactor = PIIRedactor("redact", defaults.entities, threshold, defaults.spacy_model)
         default = threshold == defaults.score_threshold

@@ -59,7 +59,10 @@ def main() -> None:
     started = time.perf_counter()
     vectors = model.embed_queries([q["question"] for q in questions]).astype(np.float16).astype(np.float32)
     rephrased = model.embed_queries([r["rephrasing"] for r in rephrasings]).astype(np.float16).astype(np.float32)
-    print(f"model {model.spec.name}: embedded {len(questions) + len(rephrasings)} questions in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+    print(
+        f"model {model.spec.name}: embedded {len(questions) + len(rephrasings)} questions in {time.perf_counter() - started:.0f} s",
+        file=sys.stderr,
+    )
 
     answers = [answer_key(q) for q in questions]
     worst: list = [-1.0, "", ""]
@@ -113,18 +116,25 @@ def main() -> None:
     recommended = min(1.0, round(lowest_safe + args.margin, 3)) if lowest_safe is not None else None
 
     n, m = len(questions), len(rephrasings)
-    print("| threshold | cosine only: SQuAD false hits | cosine only: rephrasings hit (false) | service rule: SQuAD false hits | service rule: rephrasings hit (false) |")
+    print(
+        "| threshold | cosine only: SQuAD false hits | cosine only: rephrasings hit "
+        "(false) | service rule: SQuAD false hits | service rule: rephrasings hit (false) |"
+    )
     print("|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['threshold']:.3f} "
-              f"| {r['cosine_squad_false_hits']} ({r['cosine_squad_false_hits'] / n:.2%}) "
-              f"| {r['cosine_rephrasing_correct_hits']}/{m} ({r['cosine_rephrasing_false_hits']}) "
-              f"| {r['service_squad_false_hits']} ({r['service_squad_false_hits'] / n:.2%}) "
-              f"| {r['service_rephrasing_correct_hits']}/{m} ({r['service_rephrasing_false_hits']}) |")
+        print(
+            f"| {r['threshold']:.3f} "
+            f"| {r['cosine_squad_false_hits']} ({r['cosine_squad_false_hits'] / n:.2%}) "
+            f"| {r['cosine_rephrasing_correct_hits']}/{m} ({r['cosine_rephrasing_false_hits']}) "
+            f"| {r['service_squad_false_hits']} ({r['service_squad_false_hits'] / n:.2%}) "
+            f"| {r['service_rephrasing_correct_hits']}/{m} ({r['service_rephrasing_false_hits']}) |"
+        )
     print(f"\nhighest cosine of a different-answer SQuAD pair: {worst[0]:.4f} ({worst[1]!r} / {worst[2]!r})")
     print(f"service rule: lowest threshold with zero false hits {lowest_safe}; recommended (+{args.margin}): {recommended}")
     if args.json:
-        args.json.write_text(json.dumps({"model": model.spec.name, "rows": rows, "lowest_safe": lowest_safe, "recommended": recommended}, indent=1))
+        args.json.write_text(
+            json.dumps({"model": model.spec.name, "rows": rows, "lowest_safe": lowest_safe, "recommended": recommended}, indent=1)
+        )
 
 
 if __name__ == "__main__":

@@ -41,6 +41,7 @@ async def drive(url: str, path: str, payloads: list[dict], concurrency: int, req
     remaining = iter(range(requests))
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     async with httpx.AsyncClient(base_url=url, timeout=60, limits=limits) as client:
+
         async def worker() -> None:
             for _ in remaining:
                 payload = next(source)
@@ -53,13 +54,17 @@ async def drive(url: str, path: str, payloads: list[dict], concurrency: int, req
                 latencies.append((time.perf_counter() - started) * 1000)
                 if status != "200":
                     errors[status] = errors.get(status, 0) + 1
+
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         wall = time.perf_counter() - started
     return {
-        "p50_ms": round(percentile(latencies, 50), 1), "p95_ms": round(percentile(latencies, 95), 1),
-        "p99_ms": round(percentile(latencies, 99), 1), "rps": round(len(latencies) / wall, 1),
-        "requests": len(latencies), "errors": errors,
+        "p50_ms": round(percentile(latencies, 50), 1),
+        "p95_ms": round(percentile(latencies, 95), 1),
+        "p99_ms": round(percentile(latencies, 99), 1),
+        "rps": round(len(latencies) / wall, 1),
+        "requests": len(latencies),
+        "errors": errors,
     }
 
 
@@ -73,16 +78,35 @@ def main() -> None:
     args = parser.parse_args()
 
     texts = [json.loads(line)["text"] for line in args.queries.open()][:500]
-    payloads = {"/v1/retrieve": [{"query": t, "top_k": 10} for t in texts],
-                "/v1/query": [{"question": t, "top_k": 5, "use_cache": False} for t in texts]}
+    payloads = {
+        "/v1/retrieve": [{"query": t, "top_k": 10} for t in texts],
+        "/v1/query": [{"question": t, "top_k": 5, "use_cache": False} for t in texts],
+    }
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAG_")}
     # The answer cache is off: queries repeat, and this measures the pipeline (benchmarks/cache_latency.py measures the cache).
-    env.update(RAG_INDEX_DIR=str(args.index_dir.resolve()), RAG_CACHE__ENABLED="false",
-               RAG_AUTH__RATE_LIMIT_ENABLED="false", RAY_AUTH_MODE="disabled", RAY_USAGE_STATS_ENABLED="0")
-    graph = subprocess.Popen(["serve", "run", "-a", "local", "configs/serve.yaml"], cwd=REPO_ROOT, env=env,
-                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    baseline = subprocess.Popen([sys.executable, "-m", "serve_app.local"], cwd=REPO_ROOT, env={**env, "RAG_API__PORT": str(BASELINE_PORT)},
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env.update(
+        RAG_INDEX_DIR=str(args.index_dir.resolve()),
+        RAG_CACHE__ENABLED="false",
+        RAG_AUTH__RATE_LIMIT_ENABLED="false",
+        RAY_AUTH_MODE="disabled",
+        RAY_USAGE_STATS_ENABLED="0",
+    )
+    graph = subprocess.Popen(
+        ["serve", "run", "-a", "local", "configs/serve.yaml"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    baseline = subprocess.Popen(
+        [sys.executable, "-m", "serve_app.local"],
+        cwd=REPO_ROOT,
+        env={**env, "RAG_API__PORT": str(BASELINE_PORT)},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     baseline_url = f"http://127.0.0.1:{BASELINE_PORT}"
     try:
         health = wait_healthy(GRAPH_URL)
@@ -97,17 +121,29 @@ def main() -> None:
                 requests = max(args.min_requests, concurrency * args.requests_per_worker)
                 graph_result = asyncio.run(drive(GRAPH_URL, path, payloads[path], concurrency, requests))
                 base_result = asyncio.run(drive(baseline_url, path, payloads[path], concurrency, requests))
-                row = {"endpoint": path, "concurrency": concurrency, "serve_graph": graph_result, "single_process": base_result,
-                       "p50_ratio_graph_over_single": round(graph_result["p50_ms"] / base_result["p50_ms"], 2),
-                       "throughput_ratio_graph_over_single": round(graph_result["rps"] / base_result["rps"], 2)}
+                row = {
+                    "endpoint": path,
+                    "concurrency": concurrency,
+                    "serve_graph": graph_result,
+                    "single_process": base_result,
+                    "p50_ratio_graph_over_single": round(graph_result["p50_ms"] / base_result["p50_ms"], 2),
+                    "throughput_ratio_graph_over_single": round(graph_result["rps"] / base_result["rps"], 2),
+                }
                 rows.append(row)
                 print(json.dumps(row), flush=True)
-        print("\n| endpoint | concurrency | Serve p50 / p95 / p99 ms | Serve req/s | errors | single-process p50 / p95 / p99 ms | single req/s | p50 ratio | throughput ratio |")
+        print(
+            "\n| endpoint | concurrency | Serve p50 / p95 / p99 ms | Serve req/s | errors | "
+            "single-process p50 / p95 / p99 ms | single req/s | p50 ratio | throughput ratio |"
+        )
         print("|---|---|---|---|---|---|---|---|---|")
         for r in rows:
             g, b = r["serve_graph"], r["single_process"]
-            print(f"| {r['endpoint']} | {r['concurrency']} | {g['p50_ms']} / {g['p95_ms']} / {g['p99_ms']} | {g['rps']} | {sum(g['errors'].values())} | "
-                  f"{b['p50_ms']} / {b['p95_ms']} / {b['p99_ms']} | {b['rps']} | {r['p50_ratio_graph_over_single']} | {r['throughput_ratio_graph_over_single']} |")
+            print(
+                f"| {r['endpoint']} | {r['concurrency']} | {g['p50_ms']} / {g['p95_ms']} "
+                f"/ {g['p99_ms']} | {g['rps']} | {sum(g['errors'].values())} | "
+                f"{b['p50_ms']} / {b['p95_ms']} / {b['p99_ms']} | {b['rps']} | "
+                f"{r['p50_ratio_graph_over_single']} | {r['throughput_ratio_graph_over_single']} |"
+            )
     finally:
         for process in (graph, baseline):
             os.killpg(process.pid, signal.SIGTERM)

@@ -77,10 +77,16 @@ def main() -> None:
             lexical_index = LexicalIndex(snapshot.texts, k1, b, settings.retrieval.bm25_stemmer)
             scored = {q: [(snapshot.chunk_ids[p], v) for p, v in lexical_index.top(t, depth)] for q, t in queries.items()}
             fused = {q: [cid for cid, _ in convex_fusion([(dense_scored[q][:100], 0.6), (scored[q][:100], 0.4)])] for q in queries}
-            print(f"bm25 k1={k1} b={b}: lexical {score({q: [c for c, _ in v] for q, v in scored.items()})}  convex hybrid {score(fused)}", flush=True)
+            print(
+                f"bm25 k1={k1} b={b}: lexical {score({q: [c for c, _ in v] for q, v in scored.items()})}  convex hybrid {score(fused)}",
+                flush=True,
+            )
     results = []
     for rrf_k, lexical_weight, fetch_k in itertools.product([5, 10, 20, 40, 60, 100], [0.5, 0.75, 1.0, 1.25, 1.5, 2.0], [20, 50, 100, 200]):
-        fused = {q: [cid for cid, _ in reciprocal_rank_fusion([(dense[q][:fetch_k], 1.0), (lexical[q][:fetch_k], lexical_weight)], rrf_k)] for q in queries}
+        fused = {
+            q: [cid for cid, _ in reciprocal_rank_fusion([(dense[q][:fetch_k], 1.0), (lexical[q][:fetch_k], lexical_weight)], rrf_k)]
+            for q in queries
+        }
         results.append((score(fused), rrf_k, lexical_weight, fetch_k))
     results.sort(reverse=True)
     for ndcg, rrf_k, lexical_weight, fetch_k in results[:10]:
@@ -89,7 +95,15 @@ def main() -> None:
     print(f"rrf default (rrf_k=60, lexical_weight=1.0, fetch_k=50): {default[0]}")
     convex = []
     for lexical_weight, fetch_k in itertools.product([0.1, 0.2, 0.3, 0.4, 0.5, 0.6], [20, 50, 100, 200]):
-        fused = {q: [cid for cid, _ in convex_fusion([(dense_scored[q][:fetch_k], 1 - lexical_weight), (lexical_scored[q][:fetch_k], lexical_weight)])] for q in queries}
+        fused = {
+            q: [
+                cid
+                for cid, _ in convex_fusion(
+                    [(dense_scored[q][:fetch_k], 1 - lexical_weight), (lexical_scored[q][:fetch_k], lexical_weight)]
+                )
+            ]
+            for q in queries
+        }
         convex.append((score(fused), lexical_weight, fetch_k))
     convex.sort(reverse=True)
     for ndcg, lexical_weight, fetch_k in convex[:8]:

@@ -14,9 +14,7 @@ from rag_core.settings import load_settings
 def format_record(record: dict, with_files: bool) -> str:
     summary = record.get("summary") or {}
     counts = ", ".join(
-        f"{key.removeprefix('files_')} {summary[key]}"
-        for key in ("files_indexed", "files_unchanged", "files_deleted")
-        if key in summary
+        f"{key.removeprefix('files_')} {summary[key]}" for key in ("files_indexed", "files_unchanged", "files_deleted") if key in summary
     )
     failed = [f for f in record.get("files", []) if f.get("action") == "failed"]
     line = (

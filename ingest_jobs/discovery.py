@@ -6,9 +6,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from rag_core.access import RESERVED_PREFIX, Access, AccessError, document_access
 from rag_core.index_store import RESERVED_METADATA_KEYS

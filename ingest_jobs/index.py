@@ -33,10 +33,14 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_LOCKED = 0, 1, 2, 75
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m ingest_jobs.index", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m ingest_jobs.index", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     target = parser.add_mutually_exclusive_group(required=True)
     target.add_argument("--source", type=Path, help="folder of .pdf/.txt/.md documents to mirror into the index")
-    target.add_argument("--rebuild-from-parquet", type=Path, metavar="DIR", help="a version folder (or its chunks/ folder) to load without re-embedding")
+    target.add_argument(
+        "--rebuild-from-parquet", type=Path, metavar="DIR", help="a version folder (or its chunks/ folder) to load without re-embedding"
+    )
     parser.add_argument("--config", type=Path, help="settings YAML (default: $RAG_CONFIG or configs/rag.yaml)")
     parser.add_argument("--full", action="store_true", help="re-embed every file into a new version")
     return parser.parse_args(argv)

@@ -11,8 +11,9 @@ import hashlib
 import json
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -213,8 +214,21 @@ def _line_pieces(text: str, limit: int = REDACT_PIECE_CHARS) -> list[str]:
 
 
 def _failure_row(common: dict[str, Any], reason: str) -> dict[str, Any]:
-    return {**common, "chunk_id": "", "page": 0, "chunk_index": -1, "char_start": 0, "char_end": 0, "text": "",
-            "location": None, "ocr_confidence": None, "parse_signature": "", "error": reason, "pii": "{}", "incomplete": "[]"}
+    return {
+        **common,
+        "chunk_id": "",
+        "page": 0,
+        "chunk_index": -1,
+        "char_start": 0,
+        "char_end": 0,
+        "text": "",
+        "location": None,
+        "ocr_confidence": None,
+        "parse_signature": "",
+        "error": reason,
+        "pii": "{}",
+        "incomplete": "[]",
+    }
 
 
 # Columns the pipeline adds for the driver, dropped before chunks are stored.
@@ -223,8 +237,12 @@ PIPELINE_COLUMNS = ["error", "pii", "incomplete", "parse_node", "embed_node"]
 
 def parsed_schema() -> pa.Schema:
     fields = [f for f in chunk_schema(1) if f.name != "embedding"]
-    extra = [pa.field("error", pa.string()), pa.field("pii", pa.string()), pa.field("incomplete", pa.string()),
-             pa.field("parse_node", pa.string())]
+    extra = [
+        pa.field("error", pa.string()),
+        pa.field("pii", pa.string()),
+        pa.field("incomplete", pa.string()),
+        pa.field("parse_node", pa.string()),
+    ]
     return pa.schema([*fields, *extra])
 
 
@@ -270,7 +288,9 @@ class PipelineResources:
     parse_num_cpus: float
 
 
-def build_dataset(file_rows: Sequence[dict[str, Any]], parse_config: ParseConfig, spec: EmbeddingModelSpec, resources: PipelineResources) -> Any:
+def build_dataset(
+    file_rows: Sequence[dict[str, Any]], parse_config: ParseConfig, spec: EmbeddingModelSpec, resources: PipelineResources
+) -> Any:
     """The Ray Data plan for the files to (re)index. Files are read by the driver and handed over
     as rows, so no worker needs the source folder on its own disk."""
     import ray

@@ -55,18 +55,73 @@ CONTEXT_WORDS_BEFORE = 5
 
 # Context words are compared whole (lower-cased tokens), so inflections are listed.
 PHONE_CONTEXT = [
-    "phone", "phones", "telephone", "telephones", "tel", "tel.", "telefon", "téléphone", "cell", "cellphone",
-    "mobile", "fax", "facsimile", "call", "calls", "calling", "dial", "text", "sms", "whatsapp", "hotline",
-    "helpline", "ph", "ph.", "mob", "mob.",
+    "phone",
+    "phones",
+    "telephone",
+    "telephones",
+    "tel",
+    "tel.",
+    "telefon",
+    "téléphone",
+    "cell",
+    "cellphone",
+    "mobile",
+    "fax",
+    "facsimile",
+    "call",
+    "calls",
+    "calling",
+    "dial",
+    "text",
+    "sms",
+    "whatsapp",
+    "hotline",
+    "helpline",
+    "ph",
+    "ph.",
+    "mob",
+    "mob.",
 ]
 CARD_CONTEXT = [
-    "card", "cards", "credit", "debit", "visa", "mastercard", "amex", "discover", "jcb", "diners", "maestro",
-    "cc", "pan",
+    "card",
+    "cards",
+    "credit",
+    "debit",
+    "visa",
+    "mastercard",
+    "amex",
+    "discover",
+    "jcb",
+    "diners",
+    "maestro",
+    "cc",
+    "pan",
 ]
 SSN_CONTEXT = ["ssn", "ssns", "social", "security", "ss#", "ssn#"]
 IP_CONTEXT = [
-    "ip", "ips", "ipv4", "ipv6", "host", "hosts", "hostname", "server", "servers", "gateway", "router", "dns",
-    "subnet", "netmask", "firewall", "proxy", "vpn", "ping", "traffic", "login", "logon", "resolver", "listens",
+    "ip",
+    "ips",
+    "ipv4",
+    "ipv6",
+    "host",
+    "hosts",
+    "hostname",
+    "server",
+    "servers",
+    "gateway",
+    "router",
+    "dns",
+    "subnet",
+    "netmask",
+    "firewall",
+    "proxy",
+    "vpn",
+    "ping",
+    "traffic",
+    "login",
+    "logon",
+    "resolver",
+    "listens",
     "listening",
 ]
 IBAN_CONTEXT = ["iban", "bank", "account", "transfer", "wire"]
@@ -76,13 +131,14 @@ _DASHES = "\\-\u2010\u2011\u2012\u2013\u2014\u2212"  # for character classes: hy
 # A table cell holding a number: 26,347  2864.94  –0.5  *–0.7  (12)  $1,200  54%  1.24E-05
 _NUMBER_CELL = re.compile(rf"[*†‡]?[+({_DASHES}]?[$€£]?\d[\d,.]*(?:[Ee][{_DASHES}+]?\d+)?\)?%?[*†‡]?")
 _DATE = re.compile(  # 12-12-2022, (07-02-2001), 4/2/20, 2024-03-15
-    rf"\(?(?:[0-3]?\d([{_DASHES}/.])[0-3]?\d\1(?:\d{{2}}|\d{{4}})|\d{{4}}([{_DASHES}/.])[01]?\d\2[0-3]?\d)\)?")
+    rf"\(?(?:[0-3]?\d([{_DASHES}/.])[0-3]?\d\1(?:\d{{2}}|\d{{4}})|\d{{4}}([{_DASHES}/.])[01]?\d\2[0-3]?\d)\)?"
+)
 
 
 def in_number_run(text: str, start: int, end: int) -> bool:
     """True when text[start:end] is part of a run of numbers (a table row, a longer number or
     dotted section number) rather than a value standing on its own."""
-    before, after = text[max(0, start - 80):start], text[end:end + 80]
+    before, after = text[max(0, start - 80) : start], text[end : end + 80]
     # Glued to a neighbouring number: "11,<match>", "2.3.<match>", "68/<match>", "<match>.5",
     # "<match>,581", "<match>-2011".
     if re.search(rf"\d[,./{_DASHES}]?$", before) or re.match(rf"[,./{_DASHES}]?\d", after):
@@ -112,7 +168,7 @@ def _rescore(results: list, text: str, strength) -> list:
     result dropped) by `strength(value) -> float | None`."""
     kept = []
     for result in results:
-        value = text[result.start:result.end]
+        value = text[result.start : result.end]
         if in_number_run(text, result.start, result.end) or _looks_like_date(value):
             continue
         score = strength(value)
@@ -184,7 +240,7 @@ def _recognizers() -> list:
         def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
             results = super().analyze(text, entities, nlp_artifacts, regex_flags)
             # Not the tail of a longer grouped code: "DE89 3704 0044 0532 0130 01" (an IBAN).
-            results = [r for r in results if not self.continues_a_code(text[max(0, r.start - 6):r.start])]
+            results = [r for r in results if not self.continues_a_code(text[max(0, r.start - 6) : r.start])]
             return _rescore(results, text, self.strength)
 
         @staticmethod
@@ -230,7 +286,7 @@ def _recognizers() -> list:
         def analyze(self, text, entities, nlp_artifacts=None, regex_flags=None):
             results = super().analyze(text, entities, nlp_artifacts, regex_flags)
             # A dotted quad followed by more dots ("2.3.59.1.5") or a word character is no address.
-            results = [r for r in results if not re.match(r"\.\d|\w", text[r.end:r.end + 2])]
+            results = [r for r in results if not re.match(r"\.\d|\w", text[r.end : r.end + 2])]
             return _rescore(results, text, self.strength)
 
         @staticmethod
@@ -312,8 +368,13 @@ def non_overlapping(results: list) -> list:
 
 
 class PIIRedactor:
-    def __init__(self, mode: str = "redact", entities: Iterable[str] = (), score_threshold: float = PIISettings().score_threshold,
-                 spacy_model: str | None = None):
+    def __init__(
+        self,
+        mode: str = "redact",
+        entities: Iterable[str] = (),
+        score_threshold: float = PIISettings().score_threshold,
+        spacy_model: str | None = None,
+    ):
         self.mode = mode
         self.score_threshold = score_threshold
         self.spacy_model = spacy_model
@@ -337,11 +398,15 @@ class PIIRedactor:
         for recognizer in _recognizers():
             registry.add_recognizer(recognizer)
         enhancer = LemmaContextAwareEnhancer(
-            context_similarity_factor=CONTEXT_FACTOR, min_score_with_context_similarity=CONTEXT_MIN_SCORE,
-            context_prefix_count=CONTEXT_WORDS_BEFORE, context_suffix_count=0, context_matching_mode="whole_word",
+            context_similarity_factor=CONTEXT_FACTOR,
+            min_score_with_context_similarity=CONTEXT_MIN_SCORE,
+            context_prefix_count=CONTEXT_WORDS_BEFORE,
+            context_suffix_count=0,
+            context_matching_mode="whole_word",
         )
-        self.analyzer = AnalyzerEngine(registry=registry, nlp_engine=nlp_engine, supported_languages=["en"],
-                                       context_aware_enhancer=enhancer)
+        self.analyzer = AnalyzerEngine(
+            registry=registry, nlp_engine=nlp_engine, supported_languages=["en"], context_aware_enhancer=enhancer
+        )
         self.anonymizer = AnonymizerEngine()
         supported = set(self.analyzer.get_supported_entities("en"))
         if spacy_model is None:
@@ -349,15 +414,19 @@ class PIIRedactor:
         self.entities = [e for e in self.requested if e in supported]
         self.unsupported = [e for e in self.requested if e not in supported]
         if self.unsupported:
-            log.warning("PII types not detectable here (a spaCy NER model is needed: ingest.pii.spacy_model)",
-                        extra={"fields": {"entities": self.unsupported}})
+            log.warning(
+                "PII types not detectable here (a spaCy NER model is needed: ingest.pii.spacy_model)",
+                extra={"fields": {"entities": self.unsupported}},
+            )
 
     def findings(self, text: str) -> list:
         """What `redact` replaces: Presidio results at or above the threshold, without overlaps
         (the higher score, then the longer span wins), in text order."""
         if self.analyzer is None or not text.strip():
             return []
-        return non_overlapping(self.analyzer.analyze(text=text, language="en", entities=self.entities, score_threshold=self.score_threshold))
+        return non_overlapping(
+            self.analyzer.analyze(text=text, language="en", entities=self.entities, score_threshold=self.score_threshold)
+        )
 
     def redact(self, text: str) -> tuple[str, Counter]:
         """The text with PII replaced, and how many of each type were found."""
@@ -387,6 +456,7 @@ def _nlp_engine(spacy_model: str | None) -> Any:
     from spacy.language import Language
 
     if not Language.has_factory(_LEMMA_COMPONENT):
+
         def lowercase_lemmas(doc):
             # A blank pipeline has no lemmatizer; Presidio's context words are compared with lemmas.
             for token in doc:

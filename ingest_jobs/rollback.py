@@ -38,7 +38,9 @@ def main(argv: list[str] | None = None) -> int:
         for version in index.committed_versions():
             info = index.info(version)
             marker = "*" if version == current else " "
-            print(f"{marker} {version}  {info.created_at}  chunks={info.chunks_total} files={info.files_total} model={info.model_spec.name}")
+            print(
+                f"{marker} {version}  {info.created_at}  chunks={info.chunks_total} files={info.files_total} model={info.model_spec.name}"
+            )
         return 0
     actor = default_actor(settings.triggered_by)
     try:
@@ -46,7 +48,17 @@ def main(argv: list[str] | None = None) -> int:
             target = args.to or previous_version(index)
             index.info(target)  # must exist and be committed
             index.set_current(target)
-            index.record({"event": "rollback", "status": "completed", "triggered_by": actor, "finished_at": utc_now(), "index_version": target, "previous_version": current, "files": []})
+            index.record(
+                {
+                    "event": "rollback",
+                    "status": "completed",
+                    "triggered_by": actor,
+                    "finished_at": utc_now(),
+                    "index_version": target,
+                    "previous_version": current,
+                    "files": [],
+                }
+            )
     except IndexLockBusy as exc:
         print(json.dumps({"error": str(exc)}))
         return 75

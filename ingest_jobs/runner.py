@@ -8,15 +8,24 @@ import logging
 import os
 import time
 from collections import Counter
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
 
 from ingest_jobs.discovery import ScanResult, SkippedFile, SourceScanner
-from ingest_jobs.pipeline import PIPELINE_COLUMNS, ParseConfig, PipelineResources, build_dataset, file_row, ocr_engine_label, parse_signature
+from ingest_jobs.pipeline import (
+    PIPELINE_COLUMNS,
+    ParseConfig,
+    PipelineResources,
+    build_dataset,
+    file_row,
+    ocr_engine_label,
+    parse_signature,
+)
 from ingest_jobs.redaction import redactor_signature
 from rag_core.audit import default_actor, utc_now
 from rag_core.embedding import EmbeddingModel, EmbeddingModelSpec, same_vector_space
@@ -168,7 +177,16 @@ class IngestRun:
         failures = list(scan.failed)
         log.info(
             "scan done",
-            extra={"fields": {"source": str(self.source), "files": len(scan.files), "to_embed": len(diff.to_embed), "deleted": len(diff.deleted), "unchanged": len(diff.unchanged), "rebuild": rebuild_reason}},
+            extra={
+                "fields": {
+                    "source": str(self.source),
+                    "files": len(scan.files),
+                    "to_embed": len(diff.to_embed),
+                    "deleted": len(diff.deleted),
+                    "unchanged": len(diff.unchanged),
+                    "rebuild": rebuild_reason,
+                }
+            },
         )
 
         needs_version = bool(diff.to_embed or diff.deleted or rebuild_reason)
@@ -217,8 +235,11 @@ class IngestRun:
         summary.embed_nodes = dict(sorted(self.embed_nodes.items()))
         summary.files_deleted = len(diff.deleted)
         summary.files_failed = [asdict(f) for f in failures]
-        summary.files_incomplete = [{"file": path, "reason": "; ".join(parts)} for path, parts in sorted(self.incomplete.items())
-                                    if path in new_entries or path in kept]
+        summary.files_incomplete = [
+            {"file": path, "reason": "; ".join(parts)}
+            for path, parts in sorted(self.incomplete.items())
+            if path in new_entries or path in kept
+        ]
         summary.chunks_added = sum(len(e.chunk_ids) for e in new_entries.values())
         summary.chunks_deleted = sum(len(previous_manifest.files[p].chunk_ids) for p in replaced)
         summary.chunks_total = info.chunks_total
@@ -255,9 +276,7 @@ class IngestRun:
 
     def _load_model(self) -> EmbeddingModel:
         s = self.settings
-        return EmbeddingModel.from_setting(
-            s.embedding_model, "cpu", s.embedding_query_instruction, s.hub_probe_timeout_s, torch_threads=1
-        )
+        return EmbeddingModel.from_setting(s.embedding_model, "cpu", s.embedding_query_instruction, s.hub_probe_timeout_s, torch_threads=1)
 
     def _full_rebuild_reason(self, current: VersionInfo | None, spec: EmbeddingModelSpec) -> str | None:
         if current is None:
@@ -271,7 +290,9 @@ class IngestRun:
             return "chunking settings changed"
         return None
 
-    def _carry_over(self, builder: VersionBuilder, current: VersionInfo | None, paths: list[str], rebuild_reason: str | None) -> dict[str, ManifestEntry]:
+    def _carry_over(
+        self, builder: VersionBuilder, current: VersionInfo | None, paths: list[str], rebuild_reason: str | None
+    ) -> dict[str, ManifestEntry]:
         """Copy these files' chunks (with their vectors) from the current version's Parquet."""
         if current is None or rebuild_reason or not paths:
             return {}
@@ -282,7 +303,9 @@ class IngestRun:
             builder.add(keep.slice(offset, batch))
         return manifest_from_rows(keep).files
 
-    def _embed_and_write(self, builder: VersionBuilder, scan: ScanResult, to_embed: list[str], spec: EmbeddingModelSpec, started_at: str) -> tuple[dict[str, ManifestEntry], list[SkippedFile]]:
+    def _embed_and_write(
+        self, builder: VersionBuilder, scan: ScanResult, to_embed: list[str], spec: EmbeddingModelSpec, started_at: str
+    ) -> tuple[dict[str, ManifestEntry], list[SkippedFile]]:
         if not to_embed:
             return {}, []
         connect_ray(self.settings)
@@ -356,11 +379,16 @@ class IngestRun:
                 failures.append(SkippedFile(row["file"], "no output from the pipeline"))
         return entries, failures
 
-    def _file_actions(self, diff: ManifestDiff, indexed: Iterable[str], failures: list[SkippedFile], ignored: list[SkippedFile]) -> list[dict[str, str]]:
+    def _file_actions(
+        self, diff: ManifestDiff, indexed: Iterable[str], failures: list[SkippedFile], ignored: list[SkippedFile]
+    ) -> list[dict[str, str]]:
         indexed = set(indexed)
         actions: list[dict[str, Any]] = [{"file": p, "action": "added"} for p in diff.added if p in indexed]
-        actions += [{"file": p, "action": "reparsed", "reason": self.reparsed[p]} if p in self.reparsed else {"file": p, "action": "changed"}
-                    for p in diff.changed if p in indexed]
+        actions += [
+            {"file": p, "action": "reparsed", "reason": self.reparsed[p]} if p in self.reparsed else {"file": p, "action": "changed"}
+            for p in diff.changed
+            if p in indexed
+        ]
         for action in actions:
             if self.pii_found.get(action["file"]):
                 action["pii_redacted"] = self.pii_found[action["file"]]
@@ -371,7 +399,9 @@ class IngestRun:
         actions += [{"file": f.file, "action": "ignored", "reason": f.reason} for f in ignored]
         return actions
 
-    def _audit(self, started_at: str, status: str, summary: IngestSummary | None, files: list[dict[str, str]], error: str | None = None) -> None:
+    def _audit(
+        self, started_at: str, status: str, summary: IngestSummary | None, files: list[dict[str, str]], error: str | None = None
+    ) -> None:
         record: dict[str, Any] = {
             "event": "ingest",
             "status": status,
@@ -419,7 +449,15 @@ class _Progress:
         elapsed = max(time.monotonic() - self.started, 1e-9)
         log.info(
             "progress",
-            extra={"fields": {"files_done": files_done, "files_total": self.total_files, "chunks_written": self.chunks, "chunks_per_s": round(self.chunks / elapsed, 1), "elapsed_s": round(elapsed, 1)}},
+            extra={
+                "fields": {
+                    "files_done": files_done,
+                    "files_total": self.total_files,
+                    "chunks_written": self.chunks,
+                    "chunks_per_s": round(self.chunks / elapsed, 1),
+                    "elapsed_s": round(elapsed, 1),
+                }
+            },
         )
 
 
@@ -456,6 +494,18 @@ def rebuild_from_parquet(settings: RAGSettings, parquet_dir: Path, triggered_by:
             duration_s=round(time.monotonic() - started, 3),
         )
         index.record(
-            {"event": "rebuild_from_parquet", "status": "completed", "triggered_by": actor, "started_at": started_at, "finished_at": utc_now(), "source": str(Path(parquet_dir).resolve()), "index_version": info.version, "previous_version": current, "embedding_model": spec.name, "summary": summary.to_dict(), "files": []}
+            {
+                "event": "rebuild_from_parquet",
+                "status": "completed",
+                "triggered_by": actor,
+                "started_at": started_at,
+                "finished_at": utc_now(),
+                "source": str(Path(parquet_dir).resolve()),
+                "index_version": info.version,
+                "previous_version": current,
+                "embedding_model": spec.name,
+                "summary": summary.to_dict(),
+                "files": [],
+            }
         )
     return summary

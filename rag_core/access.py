@@ -11,15 +11,16 @@ folder prefix matches the file's path, and the keys `tenant` / `groups` of its `
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any
 
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,63}$"
 _NAME = re.compile(NAME_PATTERN)
 
 TENANT_FIELD = "acl_tenant"
-OPEN_FIELD = "acl_open"              # true when the document has no groups
-GROUP_FIELD_PREFIX = "acl_group__"   # one boolean field per group: Chroma filters cannot search lists
+OPEN_FIELD = "acl_open"  # true when the document has no groups
+GROUP_FIELD_PREFIX = "acl_group__"  # one boolean field per group: Chroma filters cannot search lists
 RESERVED_PREFIX = "acl_"
 
 
@@ -39,7 +40,7 @@ class Access:
     groups: tuple[str, ...] = ()
 
     @classmethod
-    def of(cls, tenant: Any, groups: Iterable[Any] = ()) -> "Access":
+    def of(cls, tenant: Any, groups: Iterable[Any] = ()) -> Access:
         names = tuple(sorted({valid_name(g, "group") for g in groups}))
         return cls(valid_name(tenant, "tenant"), names)
 

@@ -6,9 +6,10 @@ import getpass
 import json
 import os
 import socket
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 
 def utc_now() -> str:

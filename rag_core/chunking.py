@@ -3,8 +3,8 @@ sheet tables, sections), so each chunk has one location."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from rag_core.location import Location
 from rag_core.parsing import ParsedSegment

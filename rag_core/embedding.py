@@ -10,9 +10,10 @@ import logging
 import os
 import urllib.error
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -44,7 +45,7 @@ class EmbeddingModelSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "EmbeddingModelSpec":
+    def from_dict(cls, data: dict[str, Any]) -> EmbeddingModelSpec:
         return cls(**{k: data[k] for k in ("name", "source", "dimension", "query_prefix", "normalize")})
 
     def weights_location(self) -> str:
@@ -127,7 +128,7 @@ class EmbeddingModel:
         query_instruction: str = "auto",
         hub_probe_timeout_s: float = 3.0,
         torch_threads: int | None = None,
-    ) -> "EmbeddingModel":
+    ) -> EmbeddingModel:
         """Resolve 'auto', a Hub id or a folder into a loaded model and its spec."""
         device = resolve_device(device)
         if torch_threads:
@@ -207,9 +208,7 @@ def _load_by_setting(setting: str, device: str, probe_timeout_s: float) -> tuple
         try:
             model = _load_sentence_transformer(str(path.resolve()), device, local_only=True)
         except Exception as exc:
-            raise EmbeddingModelError(
-                f"cannot load a sentence-transformers model from folder {str(path)!r}: {exc}"
-            ) from exc
+            raise EmbeddingModelError(f"cannot load a sentence-transformers model from folder {str(path)!r}: {exc}") from exc
         return model, str(path.resolve()), SOURCE_PATH
     return _load_from_hub_id(setting, device, probe_timeout_s), setting, SOURCE_HUB
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -71,7 +72,9 @@ class IndexReader:
     def count(self) -> int:
         return self._ensure_open().count()
 
-    def search(self, query_embedding: Sequence[float] | np.ndarray, top_k: int, where: dict[str, Any] | None = None) -> list[RetrievedChunk]:
+    def search(
+        self, query_embedding: Sequence[float] | np.ndarray, top_k: int, where: dict[str, Any] | None = None
+    ) -> list[RetrievedChunk]:
         collection = self._ensure_open()
         result = collection.query(
             query_embeddings=[np.asarray(query_embedding, dtype=np.float32)],
@@ -83,9 +86,7 @@ class IndexReader:
         for chunk_id, text, metadata, distance in zip(
             result["ids"][0], result["documents"][0], result["metadatas"][0], result["distances"][0]
         ):
-            hits.append(
-                RetrievedChunk(chunk_id, metadata["file"], int(metadata["page"]), text, 1.0 - float(distance), metadata)
-            )
+            hits.append(RetrievedChunk(chunk_id, metadata["file"], int(metadata["page"]), text, 1.0 - float(distance), metadata))
         return hits
 
     def chunk_ids(self, where: dict[str, Any]) -> list[str]:

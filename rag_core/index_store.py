@@ -36,10 +36,11 @@ import tempfile
 import threading
 import time
 from collections import Counter
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 from urllib.parse import urlparse
 
 import numpy as np
@@ -141,7 +142,7 @@ class VersionInfo:
         return EmbeddingModelSpec.from_dict(self.embedding_model)
 
     @classmethod
-    def load(cls, path: Path) -> "VersionInfo":
+    def load(cls, path: Path) -> VersionInfo:
         return cls(**json.loads(path.read_text()))
 
 
@@ -336,7 +337,7 @@ def chroma_metadata(row: dict[str, Any]) -> dict[str, Any]:
 class VersionBuilder:
     """Writes one new version apart from the current one; nothing is visible until commit."""
 
-    def __init__(self, index: "VersionedIndex", version: str, spec: EmbeddingModelSpec, chunking: dict[str, Any], parent: str | None):
+    def __init__(self, index: VersionedIndex, version: str, spec: EmbeddingModelSpec, chunking: dict[str, Any], parent: str | None):
         self.index = index
         self.version = version
         self.spec = spec
@@ -431,7 +432,7 @@ class VersionedIndex:
         self.audit = AuditLog(self.index_dir / AUDIT_FILE)
 
     @classmethod
-    def from_settings(cls, settings: Any) -> "VersionedIndex":
+    def from_settings(cls, settings: Any) -> VersionedIndex:
         return cls(settings.index_dir, settings.chroma_url, settings.chroma_collection_prefix, settings.chroma_pointer_cache_s)
 
     @property
@@ -553,9 +554,7 @@ class VersionedIndex:
         if self.catalog is not None:
             self.catalog.set_pointer(version)
             return
-        _atomic_write(
-            self.index_dir / POINTER_FILE, json.dumps({"version": version, "updated_at": utc_now()})
-        )
+        _atomic_write(self.index_dir / POINTER_FILE, json.dumps({"version": version, "updated_at": utc_now()}))
 
     def discard(self, version: str) -> None:
         if version == self.current_version():
@@ -590,7 +589,9 @@ def read_parquet_version(parquet_dir: Path) -> tuple[pa.Table, dict[str, Any]]:
     for name, default in _LATER_COLUMNS.items():  # a version written before the column existed
         if name not in table.column_names:
             field = chunk_schema(1).field(name)
-            table = table.add_column(table.schema.get_field_index("embedding"), field, pa.array([default] * table.num_rows, type=field.type))
+            table = table.add_column(
+                table.schema.get_field_index("embedding"), field, pa.array([default] * table.num_rows, type=field.type)
+            )
     return table, json.loads(raw)
 
 
@@ -604,8 +605,14 @@ def manifest_from_rows(table: pa.Table) -> Manifest:
     for row in sorted(columns, key=lambda r: (r["file"], r["chunk_index"])):
         entry = entries.setdefault(
             row["file"],
-            {"sha256": row["file_sha256"], "sidecar_sha256": row["sidecar_sha256"], "size": row["file_size"], "chunk_ids": [],
-             "index_version": row["index_version"], "parse_signature": row["parse_signature"] or ""},
+            {
+                "sha256": row["file_sha256"],
+                "sidecar_sha256": row["sidecar_sha256"],
+                "size": row["file_size"],
+                "chunk_ids": [],
+                "index_version": row["index_version"],
+                "parse_signature": row["parse_signature"] or "",
+            },
         )
         entry["chunk_ids"].append(row["chunk_id"])
     return Manifest({path: ManifestEntry(**{**e, "chunk_ids": tuple(e["chunk_ids"])}) for path, e in entries.items()})

@@ -16,7 +16,13 @@ LOCATION_KINDS: tuple[str, ...] = ("page", "slide", "sheet", "section")
 
 # The chunk-metadata keys a location is stored under (flat scalars: Chroma metadata has no nesting),
 # prefixed so that they never collide with the natural names users give sidecar keys ("sheet").
-_STORED = {"kind": "location_kind", "slide": "location_slide", "sheet": "location_sheet", "rows": "location_rows", "heading": "location_heading"}
+_STORED = {
+    "kind": "location_kind",
+    "slide": "location_slide",
+    "sheet": "location_sheet",
+    "rows": "location_rows",
+    "heading": "location_heading",
+}
 LOCATION_METADATA_KEYS = frozenset(_STORED.values())
 
 
@@ -29,7 +35,7 @@ class Location:
     rows: str | None = None  # "12-40": the sheet's own row numbers, as a spreadsheet program shows them
     heading: str | None = None  # the section's heading path, outermost first: "Benefits > Vacation"
 
-    def with_rows(self, first: int, last: int) -> "Location":
+    def with_rows(self, first: int, last: int) -> Location:
         return replace(self, rows=str(first) if first == last else f"{first}-{last}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -45,7 +51,7 @@ class Location:
         return metadata
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, Any]) -> "Location":
+    def from_metadata(cls, metadata: dict[str, Any]) -> Location:
         """The location of a stored chunk; chunks indexed before locations existed are pages."""
         kind = metadata.get(_STORED["kind"], "page")
         slide = metadata.get(_STORED["slide"])
@@ -59,7 +65,7 @@ class Location:
         )
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "Location":
+    def from_dict(cls, raw: dict[str, Any]) -> Location:
         return cls(**raw)
 
     def describe(self) -> str:

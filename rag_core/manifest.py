@@ -13,7 +13,7 @@ class FileFingerprint:
     sha256: str  # of the file's bytes
     sidecar_sha256: str = ""  # of <file>.meta.json, "" when there is none
 
-    def matches(self, other: "FileFingerprint") -> bool:
+    def matches(self, other: FileFingerprint) -> bool:
         return self.sha256 == other.sha256 and self.sidecar_sha256 == other.sidecar_sha256
 
 
@@ -41,12 +41,12 @@ class Manifest:
         return json.dumps({path: asdict(entry) for path, entry in sorted(self.files.items())}, indent=1)
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str) -> Manifest:
         raw = json.loads(text)
         return cls({path: ManifestEntry(**{**entry, "chunk_ids": tuple(entry["chunk_ids"])}) for path, entry in raw.items()})
 
     @classmethod
-    def load(cls, path: Path) -> "Manifest":
+    def load(cls, path: Path) -> Manifest:
         return cls.from_json(path.read_text()) if path.exists() else cls()
 
     @property

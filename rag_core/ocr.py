@@ -107,8 +107,15 @@ class _Read:
 class TesseractOcr:
     """Tesseract through its command line. Cheap to make: the binary is probed on first use."""
 
-    def __init__(self, languages: Sequence[str] = ("eng", "fra", "nld", "kor"), tesseract_cmd: str = "tesseract",
-                 dpi: int = 300, timeout_s: float = 120.0, osd: bool = True, deskew: bool = True):
+    def __init__(
+        self,
+        languages: Sequence[str] = ("eng", "fra", "nld", "kor"),
+        tesseract_cmd: str = "tesseract",
+        dpi: int = 300,
+        timeout_s: float = 120.0,
+        osd: bool = True,
+        deskew: bool = True,
+    ):
         if isinstance(languages, str):
             languages = languages.replace(",", "+").split("+")
         self.configured_languages = tuple(lang.strip() for lang in languages if lang.strip())
@@ -206,14 +213,16 @@ class TesseractOcr:
         estimate = re.search(rb"Estimating resolution as (\d+)", result.stderr)
         return _Read(_parse_tsv(result.stdout.decode("utf-8", errors="replace")), int(estimate.group(1)) if estimate else None)
 
-    def _run(self, args: list[str], stdin: bytes | None = None, check: bool = True,
-             deadline: float | None = None) -> subprocess.CompletedProcess:
+    def _run(
+        self, args: list[str], stdin: bytes | None = None, check: bool = True, deadline: float | None = None
+    ) -> subprocess.CompletedProcess:
         timeout = self.timeout_s if deadline is None else deadline - time.monotonic()
         if timeout <= 0:
             raise OcrError(f"tesseract took longer than {self.timeout_s:g} s")
         try:
-            result = subprocess.run([self.tesseract_cmd, *args], check=False, input=stdin, capture_output=True,
-                                    env=self._env, timeout=timeout)
+            result = subprocess.run(
+                [self.tesseract_cmd, *args], check=False, input=stdin, capture_output=True, env=self._env, timeout=timeout
+            )
         except FileNotFoundError as exc:
             raise OcrUnavailable(ENGINE_NOT_INSTALLED) from exc
         except PermissionError as exc:

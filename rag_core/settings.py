@@ -41,7 +41,7 @@ class ChunkingSettings(BaseModel):
     )
 
     @model_validator(mode="after")
-    def _overlap_below_size(self) -> "ChunkingSettings":
+    def _overlap_below_size(self) -> ChunkingSettings:
         if self.chunk_overlap >= self.chunk_size:
             raise ValueError("chunking.chunk_overlap must be smaller than chunking.chunk_size")
         return self
@@ -68,7 +68,9 @@ class PIISettings(BaseModel):
         description="Presidio entity types to detect.",
     )
     score_threshold: float = Field(
-        0.4, ge=0, le=1,
+        0.4,
+        ge=0,
+        le=1,
         description="Presidio confidence needed to redact. 0.4: unambiguous formats, plus ambiguous ones with a context "
         "word before them (phone, fax, card, ssn, ip...); 0.5 or more: unambiguous formats only; 0.1 or less: ambiguous "
         "ones without context too (section numbers, table cells: not advised). Measured on the 118 PDFs (README).",
@@ -88,8 +90,22 @@ class OCRSettings(BaseModel):
 
 
 DEFAULT_EXTENSIONS = [
-    ".pdf", ".txt", ".md", ".docx", ".pptx", ".xlsx", ".csv", ".html", ".htm", ".epub", ".odt",
-    ".png", ".jpg", ".jpeg", ".tif", ".tiff",
+    ".pdf",
+    ".txt",
+    ".md",
+    ".docx",
+    ".pptx",
+    ".xlsx",
+    ".csv",
+    ".html",
+    ".htm",
+    ".epub",
+    ".odt",
+    ".png",
+    ".jpg",
+    ".jpeg",
+    ".tif",
+    ".tiff",
 ]
 
 
@@ -112,9 +128,7 @@ class IngestSettings(BaseModel):
         description="GPUs per embedding actor. 'auto': 1 when the cluster has GPUs when the job starts, else 0; "
         "a number > 0 also makes an autoscaling cluster start GPU workers for the job.",
     )
-    embed_torch_threads: int | None = Field(
-        None, ge=1, description="Torch threads per embedding actor; default: the node's cores."
-    )
+    embed_torch_threads: int | None = Field(None, ge=1, description="Torch threads per embedding actor; default: the node's cores.")
     parse_num_cpus: float = Field(1.0, gt=0)
     write_batch_size: int = Field(512, ge=1, description="Chunks per store write on the driver.")
     keep_versions: int = Field(5, ge=1, description="Committed versions kept for rollback.")
@@ -152,7 +166,7 @@ class IngestSettings(BaseModel):
         return sorted({(e if e.startswith(".") else f".{e}").lower() for e in value})
 
     @model_validator(mode="after")
-    def _pool_bounds(self) -> "IngestSettings":
+    def _pool_bounds(self) -> IngestSettings:
         if self.embed_actors_max < self.embed_actors_min:
             raise ValueError("ingest.embed_actors_max must be >= ingest.embed_actors_min")
         return self
@@ -196,7 +210,9 @@ class APISettings(BaseModel):
     port: int = 8000
     max_body_bytes: int = Field(65_536, ge=1024)
     cors_origins: list[str] = Field(default_factory=list, description="Allowed CORS origins; none by default.")
-    embedder_torch_threads: int | None = Field(None, ge=1, description="Torch threads in Embedder and Reranker replicas; default: the node's cores.")
+    embedder_torch_threads: int | None = Field(
+        None, ge=1, description="Torch threads in Embedder and Reranker replicas; default: the node's cores."
+    )
     embed_batch_wait_s: float = Field(0.002, ge=0, description="@serve.batch wait for more queries.")
     embed_max_batch_size: int = Field(16, ge=1)
     log_questions: bool = Field(False, description="Put question text in logs.")
@@ -219,7 +235,8 @@ class AuthSettings(BaseModel):
     enabled: bool = Field(True, description="false = no keys asked (only for trusted networks).")
     keys: list[APIKeySettings] = Field(default_factory=list)
     anonymous_tenant: str = Field(
-        "default", pattern=NAME_PATTERN,
+        "default",
+        pattern=NAME_PATTERN,
         description="Tenant of callers without a key: the loopback demo without keys, or auth disabled.",
     )
     rate_per_minute: float = Field(120.0, gt=0, description="Token-bucket refill per key.")
@@ -259,9 +276,7 @@ class ObservabilitySettings(BaseModel):
 
 
 class RAGSettings(BaseSettings):
-    model_config = SettingsConfigDict(
-        env_prefix="RAG_", env_nested_delimiter="__", extra="forbid", validate_default=True
-    )
+    model_config = SettingsConfigDict(env_prefix="RAG_", env_nested_delimiter="__", extra="forbid", validate_default=True)
     # Set on the subclass that load_settings() builds; None = defaults and environment only.
     yaml_config_file: ClassVar[Path | None] = None
 
@@ -271,16 +286,11 @@ class RAGSettings(BaseSettings):
     )
     embedding_model: str = Field(
         "auto",
-        description="'auto' (bge-small-en-v1.5 if loadable, else packaged all-MiniLM-L6-v2), "
-        "a Hugging Face id, or a local folder.",
+        description="'auto' (bge-small-en-v1.5 if loadable, else packaged all-MiniLM-L6-v2), a Hugging Face id, or a local folder.",
     )
     embedding_device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
-    embedding_query_instruction: str = Field(
-        "auto", description="'auto' (bge instruction for bge models), 'none', or a literal prefix."
-    )
-    hub_probe_timeout_s: float = Field(
-        3.0, gt=0, description="How long 'auto' waits for the Hugging Face Hub before falling back."
-    )
+    embedding_query_instruction: str = Field("auto", description="'auto' (bge instruction for bge models), 'none', or a literal prefix.")
+    hub_probe_timeout_s: float = Field(3.0, gt=0, description="How long 'auto' waits for the Hugging Face Hub before falling back.")
     chroma_url: str | None = Field(
         None, description="ChromaDB server, required on a multi-node cluster (every node reads the index there); unset = embedded store."
     )

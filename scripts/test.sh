@@ -9,4 +9,7 @@ bash scripts/ensure_ocr.sh        # Tesseract and its language packs: the OCR te
 bash scripts/ensure_promtool.sh   # the alert-rule tests run promtool
 # Activated so that `python`, `ray` and `chroma` (also inside Ray jobs) are the venv's.
 . .venv/bin/activate
+# Lint and format over every Python file (packages, tests, benchmarks); settings in pyproject.toml.
+ruff check .
+ruff format --check .
 python -m pytest tests "$@"

@@ -16,7 +16,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from serve_app.auth import AuthError, Authenticator, Caller
+from serve_app.auth import Authenticator, AuthError, Caller
 from serve_app.filters import FilterError
 from serve_app.metrics import NullMetrics
 from serve_app.rate_limit import Decision, RateLimiter
@@ -55,8 +55,9 @@ class Forbidden(Exception):
     pass
 
 
-async def authorize(request: Request, bearer: HTTPAuthorizationCredentials | None = Security(_BEARER),
-                    api_key: str | None = Security(_API_KEY)) -> Caller:
+async def authorize(
+    request: Request, bearer: HTTPAuthorizationCredentials | None = Security(_BEARER), api_key: str | None = Security(_API_KEY)
+) -> Caller:
     """The caller behind the request's API key, within its rate limit (else 401 / 429)."""
     state = request.app.state
     caller = state.authenticator.authenticate(f"Bearer {bearer.credentials}" if bearer else None, api_key)
@@ -236,8 +237,11 @@ def create_app(echo_request_id: bool = True) -> FastAPI:
         return await request.app.state.service.retrieve(body, caller.access)
 
     @app.post("/admin/cache/purge", response_model=CachePurgeResponse, responses={**_ERROR_RESPONSES, 403: {"model": ErrorResponse}})
-    async def purge_cache(request: Request, version: str | None = Query(None, pattern=r"^v[0-9]{6}$", description="Only this index version's answers."),
-                          caller: Caller = Security(authorize)) -> CachePurgeResponse:
+    async def purge_cache(
+        request: Request,
+        version: str | None = Query(None, pattern=r"^v[0-9]{6}$", description="Only this index version's answers."),
+        caller: Caller = Security(authorize),
+    ) -> CachePurgeResponse:
         """Delete cached answers (all, or one index version's). Needs an admin key."""
         if not caller.admin:
             raise Forbidden("this API key may not administer the cache")

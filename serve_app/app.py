@@ -27,7 +27,6 @@ from serve_app.deployments import (
     serve_http_host,
 )
 
-
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 

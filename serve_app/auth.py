@@ -65,8 +65,12 @@ class Authenticator:
         self.settings = auth_settings
         self._keys = [(bytes.fromhex(k.sha256), k) for k in auth_settings.keys]
         self.anonymous = Caller(
-            "anonymous", Access.of(auth_settings.anonymous_tenant), auth_settings.rate_per_minute, auth_settings.burst,
-            admin=not auth_settings.enabled, anonymous=True,
+            "anonymous",
+            Access.of(auth_settings.anonymous_tenant),
+            auth_settings.rate_per_minute,
+            auth_settings.burst,
+            admin=not auth_settings.enabled,
+            anonymous=True,
         )
 
     @property
@@ -104,8 +108,11 @@ class Authenticator:
         if match is None:
             raise AuthError("invalid API key")
         return Caller(
-            match.name, Access.of(match.tenant, match.groups),
-            match.rate_per_minute or self.settings.rate_per_minute, match.burst or self.settings.burst, admin=match.admin,
+            match.name,
+            Access.of(match.tenant, match.groups),
+            match.rate_per_minute or self.settings.rate_per_minute,
+            match.burst or self.settings.burst,
+            admin=match.admin,
         )
 
 

@@ -98,13 +98,16 @@ def pipeline_identity(settings: Any) -> str:
     """Everything in the settings that changes an answer for the same question and index version:
     the generator (endpoint, model, parameters) and how passages are retrieved and reranked."""
     generator = f"openai:{settings.llm_base_url}:{settings.llm_model}" if settings.llm_base_url else "extractive"
-    return _digest({
-        "generator": generator,
-        "generation": settings.generator.model_dump(),
-        "retrieval": settings.retrieval.model_dump(exclude={"reload_check_interval_s"}),
-        "rerank": settings.rerank.model_dump(),
-        "query_instruction": settings.embedding_query_instruction,
-    }, 16)
+    return _digest(
+        {
+            "generator": generator,
+            "generation": settings.generator.model_dump(),
+            "retrieval": settings.retrieval.model_dump(exclude={"reload_check_interval_s"}),
+            "rerank": settings.rerank.model_dump(),
+            "query_instruction": settings.embedding_query_instruction,
+        },
+        16,
+    )
 
 
 @dataclass(frozen=True)
@@ -239,8 +242,15 @@ class LocalCacheStore:
 class AnswerCache:
     """Looks up and stores whole query responses; never raises for a store failure."""
 
-    def __init__(self, store: CacheStore, ttl_s: int = 3600, semantic: bool = True, semantic_threshold: float = 0.95,
-                 semantic_max_entries: int = 256, key_prefix: str = "rag:cache"):
+    def __init__(
+        self,
+        store: CacheStore,
+        ttl_s: int = 3600,
+        semantic: bool = True,
+        semantic_threshold: float = 0.95,
+        semantic_max_entries: int = 256,
+        key_prefix: str = "rag:cache",
+    ):
         self.store = store
         self.ttl_s = ttl_s
         self.semantic = semantic
@@ -249,7 +259,7 @@ class AnswerCache:
         self.key_prefix = key_prefix
 
     @classmethod
-    def from_settings(cls, settings: Any, redis: FailFastRedis | None = None) -> "AnswerCache":
+    def from_settings(cls, settings: Any, redis: FailFastRedis | None = None) -> AnswerCache:
         """Redis when `redis` is given (the replica's shared pool), else the in-process store."""
         config = settings.cache
         store: CacheStore
@@ -316,8 +326,14 @@ class AnswerCache:
             vector_bytes = _unit(np.asarray(vector, dtype=np.float32)).astype("<f2").tobytes()
             entry = bytes.fromhex(exact_id) + struct.pack("<H", len(text)) + text + vector_bytes
         try:
-            await self.store.put(self._answer_key(scope, exact_id), json.dumps(response).encode(), self._list_key(scope),
-                                 entry, self.ttl_s, self.semantic_max_entries)
+            await self.store.put(
+                self._answer_key(scope, exact_id),
+                json.dumps(response).encode(),
+                self._list_key(scope),
+                entry,
+                self.ttl_s,
+                self.semantic_max_entries,
+            )
         except CacheUnavailable:
             pass
 
@@ -339,7 +355,6 @@ def _unpack_entries(entries: list[bytes]) -> tuple[list[str], list[str], np.ndar
     for entry in entries:
         (length,) = struct.unpack_from("<H", entry, 16)
         ids.append(entry[:16].hex())
-        questions.append(entry[18:18 + length].decode(errors="replace"))
+        questions.append(entry[18 : 18 + length].decode(errors="replace"))
         vectors.append(np.frombuffer(entry, dtype="<f2", offset=18 + length))
     return ids, questions, np.stack(vectors).astype(np.float32)
-

@@ -9,7 +9,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from ray import serve
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
@@ -19,11 +20,11 @@ from rag_core.index_store import VersionedIndex
 from rag_core.logs import configure_json_logging
 from rag_core.settings import RAGSettings
 from serve_app.api import create_app, install_limits, install_security
+from serve_app.embedder import QueryEmbedder
+from serve_app.generation import Answer, AnswerGenerator
 from serve_app.metrics import RayIndexMetrics, RayQueryMetrics
 from serve_app.rate_limit import RateLimiter
 from serve_app.redis_conn import redis_from_settings
-from serve_app.embedder import QueryEmbedder
-from serve_app.generation import Answer, AnswerGenerator
 from serve_app.reranking import Reranker
 from serve_app.retrieval import HybridRetriever, IndexUnavailable, ModelMismatch
 from serve_app.service import QueryService, ServiceUnavailable
@@ -39,12 +40,19 @@ def _torch_threads(settings: RAGSettings) -> int:
     return settings.api.embedder_torch_threads or len(os.sched_getaffinity(0))
 
 
-@serve.deployment(name="Embedder", ray_actor_options={"num_cpus": 0.5}, autoscaling_config=AUTOSCALE, max_ongoing_requests=32, max_queued_requests=256)
+@serve.deployment(
+    name="Embedder", ray_actor_options={"num_cpus": 0.5}, autoscaling_config=AUTOSCALE, max_ongoing_requests=32, max_queued_requests=256
+)
 class EmbedderDeployment:
     def __init__(self, settings: RAGSettings):
         started = time.monotonic()
         configure_json_logging()
-        self.embedder = QueryEmbedder(VersionedIndex.from_settings(settings), settings.embedding_device, _torch_threads(settings), settings.retrieval.reload_check_interval_s)
+        self.embedder = QueryEmbedder(
+            VersionedIndex.from_settings(settings),
+            settings.embedding_device,
+            _torch_threads(settings),
+            settings.retrieval.reload_check_interval_s,
+        )
         self.embedder.ensure_model(force=True)
         self.embed.set_max_batch_size(settings.api.embed_max_batch_size)
         self.embed.set_batch_wait_timeout_s(settings.api.embed_batch_wait_s)
@@ -85,8 +93,17 @@ class RetrieverDeployment:
         except Exception as exc:  # metrics must never stop the pointer from being followed
             log.warning("index metrics not updated", extra={"fields": {"error": str(exc)[:200]}})
 
-    async def retrieve(self, query: str, vector: list[float] | None, model: str | None, top_k: int, where: dict | None, mode: str, mmr: bool | None,
-                       access: dict | None) -> tuple[list[RetrievedChunk], str]:
+    async def retrieve(
+        self,
+        query: str,
+        vector: list[float] | None,
+        model: str | None,
+        top_k: int,
+        where: dict | None,
+        mode: str,
+        mmr: bool | None,
+        access: dict | None,
+    ) -> tuple[list[RetrievedChunk], str]:
         chunks, info = await asyncio.to_thread(self.retriever.retrieve, query, vector, top_k, where, mode, mmr, model, access)
         return chunks, info.version
 
@@ -111,7 +128,12 @@ class RerankerDeployment:
         return [(chunks, self.reranker.name) for chunks in ranked]
 
     def status(self) -> dict[str, Any]:
-        return {"name": self.reranker.name, "fallback": self.reranker.is_fallback, "reason": self.reranker.fallback_reason, "startup_s": self.startup_s}
+        return {
+            "name": self.reranker.name,
+            "fallback": self.reranker.is_fallback,
+            "reason": self.reranker.fallback_reason,
+            "startup_s": self.startup_s,
+        }
 
 
 @serve.deployment(name="Generator", ray_actor_options=SMALL, autoscaling_config=AUTOSCALE, max_ongoing_requests=16, max_queued_requests=128)
@@ -149,8 +171,17 @@ class ServeStages:
     async def embed(self, text: str) -> tuple[list[float], str]:
         return await self._call(self.embedder.embed.remote(text))
 
-    async def retrieve(self, query: str, vector: list[float] | None, model: str | None, top_k: int, where: dict | None, mode: str, mmr: bool | None,
-                       access: dict | None) -> tuple[list[RetrievedChunk], str]:
+    async def retrieve(
+        self,
+        query: str,
+        vector: list[float] | None,
+        model: str | None,
+        top_k: int,
+        where: dict | None,
+        mode: str,
+        mmr: bool | None,
+        access: dict | None,
+    ) -> tuple[list[RetrievedChunk], str]:
         for attempt in range(2):
             try:
                 return await self._call(self.retriever.retrieve.remote(query, vector, model, top_k, where, mode, mmr, access))

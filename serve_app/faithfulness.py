@@ -6,7 +6,7 @@ not a judgement of correctness (an NLI or LLM judge would be, at far greater cos
 from __future__ import annotations
 
 import re
-from typing import Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -21,7 +21,9 @@ def answer_sentences(answer: str) -> list[str]:
     return [s.strip() for s in _SENTENCE_END.split(text) if len(s.strip()) >= MIN_SENTENCE_CHARS]
 
 
-def supported_share(sentence_vectors: Sequence[Sequence[float]], passage_vectors: Sequence[Sequence[float]], threshold: float) -> float | None:
+def supported_share(
+    sentence_vectors: Sequence[Sequence[float]], passage_vectors: Sequence[Sequence[float]], threshold: float
+) -> float | None:
     """Share of sentences with a passage at cosine >= threshold; None when there is nothing to judge."""
     if len(sentence_vectors) == 0 or len(passage_vectors) == 0:
         return None

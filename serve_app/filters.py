@@ -63,8 +63,8 @@ def _field_condition(field: str, value: Any) -> dict[str, Any]:
     if _is_scalar(value):
         return {"$eq": value}
     if not isinstance(value, dict) or len(value) != 1:
-        raise FilterError(f"field {field!r}: give a value or one operator object such as {{\"$ne\": 1}}")
-    (operator, operand), = value.items()
+        raise FilterError(f'field {field!r}: give a value or one operator object such as {{"$ne": 1}}')
+    ((operator, operand),) = value.items()
     if operator not in FIELD_OPERATORS:
         raise FilterError(f"field {field!r}: unknown operator {operator!r}; use one of {', '.join(FIELD_OPERATORS)}")
     if operator in ("$in", "$nin"):
@@ -94,12 +94,12 @@ def matches(where: dict[str, Any] | None, metadata: dict[str, Any]) -> bool:
     """Evaluate a normalized filter against one chunk's metadata (as Chroma would)."""
     if not where:
         return True
-    (key, value), = where.items()
+    ((key, value),) = where.items()
     if key == "$and":
         return all(matches(part, metadata) for part in value)
     if key == "$or":
         return any(matches(part, metadata) for part in value)
-    (operator, operand), = value.items()
+    ((operator, operand),) = value.items()
     present = key in metadata
     actual = metadata.get(key)
     if operator == "$eq":

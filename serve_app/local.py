@@ -7,7 +7,8 @@ import argparse
 import asyncio
 import threading
 import time
-from typing import Any, AsyncIterator
+from collections.abc import AsyncIterator
+from typing import Any
 
 from fastapi import FastAPI
 
@@ -16,10 +17,10 @@ from rag_core.index_store import VersionedIndex
 from rag_core.logs import configure_json_logging
 from rag_core.settings import RAGSettings, load_settings
 from serve_app.api import create_app, install_limits, install_security
-from serve_app.rate_limit import RateLimiter
-from serve_app.redis_conn import redis_from_settings
 from serve_app.embedder import QueryEmbedder
 from serve_app.generation import Answer, AnswerGenerator
+from serve_app.rate_limit import RateLimiter
+from serve_app.redis_conn import redis_from_settings
 from serve_app.reranking import Reranker
 from serve_app.retrieval import HybridRetriever, IndexUnavailable
 from serve_app.service import QueryService, ServiceUnavailable
@@ -49,8 +50,17 @@ class LocalStages:
             raise ServiceUnavailable(f"index not available: {exc}", retry_after_s=5) from None
         return vectors[0].tolist(), model
 
-    async def retrieve(self, query: str, vector: list[float] | None, model: str | None, top_k: int, where: dict | None, mode: str, mmr: bool | None,
-                       access: dict | None) -> tuple[list[RetrievedChunk], str]:
+    async def retrieve(
+        self,
+        query: str,
+        vector: list[float] | None,
+        model: str | None,
+        top_k: int,
+        where: dict | None,
+        mode: str,
+        mmr: bool | None,
+        access: dict | None,
+    ) -> tuple[list[RetrievedChunk], str]:
         try:
             chunks, info = await asyncio.to_thread(self.retriever.retrieve, query, vector, top_k, where, mode, mmr, model, access)
         except IndexUnavailable as exc:

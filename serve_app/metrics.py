@@ -16,21 +16,34 @@ STAGES = ("cache", "embed", "retrieve", "rerank", "generate", "total")
 class QueryMetrics(Protocol):
     def request(self, route: str, status: int) -> None: ...
     def stage_seconds(self, stage: str, seconds: float) -> None: ...
-    def cache(self, outcome: str) -> None: ...          # exact | semantic | miss
-    def llm(self, event: str) -> None: ...              # timeout | error | degraded
+    def cache(self, outcome: str) -> None: ...  # exact | semantic | miss
+    def llm(self, event: str) -> None: ...  # timeout | error | degraded
     def load_shed(self, reason: str) -> None: ...
     def top_score(self, score: float) -> None: ...
     def faithfulness(self, share: float) -> None: ...
 
 
 class NullMetrics:
-    def request(self, route: str, status: int) -> None: pass
-    def stage_seconds(self, stage: str, seconds: float) -> None: pass
-    def cache(self, outcome: str) -> None: pass
-    def llm(self, event: str) -> None: pass
-    def load_shed(self, reason: str) -> None: pass
-    def top_score(self, score: float) -> None: pass
-    def faithfulness(self, share: float) -> None: pass
+    def request(self, route: str, status: int) -> None:
+        pass
+
+    def stage_seconds(self, stage: str, seconds: float) -> None:
+        pass
+
+    def cache(self, outcome: str) -> None:
+        pass
+
+    def llm(self, event: str) -> None:
+        pass
+
+    def load_shed(self, reason: str) -> None:
+        pass
+
+    def top_score(self, score: float) -> None:
+        pass
+
+    def faithfulness(self, share: float) -> None:
+        pass
 
 
 class RayQueryMetrics:
@@ -40,15 +53,29 @@ class RayQueryMetrics:
         from ray.serve.metrics import Counter, Histogram
 
         self._requests = Counter("rag_requests_total", description="HTTP requests by route and status.", tag_keys=("route", "status"))
-        self._latency = Histogram("rag_stage_latency_seconds", description="Latency per query stage (cache, embed, retrieve, rerank, generate, total).",
-                                  boundaries=LATENCY_BOUNDARIES, tag_keys=("stage",))
-        self._cache = Counter("rag_cache_lookups_total", description="Answer cache lookups by outcome: exact, semantic (hits) or miss.", tag_keys=("outcome",))
-        self._llm = Counter("rag_llm_events_total", description="LLM timeouts, errors and degraded (extractive fallback) answers.", tag_keys=("event",))
-        self._shed = Counter("rag_load_shed_total", description="Requests refused with 503 because a stage was overloaded.", tag_keys=("reason",))
-        self._top_score = Histogram("rag_retrieval_top_score", description="Score of the best retrieved passage per query.",
-                                    boundaries=UNIT_BOUNDARIES)
-        self._faithfulness = Histogram("rag_answer_faithfulness", description="Share of a generated answer's sentences supported by its passages.",
-                                       boundaries=UNIT_BOUNDARIES)
+        self._latency = Histogram(
+            "rag_stage_latency_seconds",
+            description="Latency per query stage (cache, embed, retrieve, rerank, generate, total).",
+            boundaries=LATENCY_BOUNDARIES,
+            tag_keys=("stage",),
+        )
+        self._cache = Counter(
+            "rag_cache_lookups_total", description="Answer cache lookups by outcome: exact, semantic (hits) or miss.", tag_keys=("outcome",)
+        )
+        self._llm = Counter(
+            "rag_llm_events_total", description="LLM timeouts, errors and degraded (extractive fallback) answers.", tag_keys=("event",)
+        )
+        self._shed = Counter(
+            "rag_load_shed_total", description="Requests refused with 503 because a stage was overloaded.", tag_keys=("reason",)
+        )
+        self._top_score = Histogram(
+            "rag_retrieval_top_score", description="Score of the best retrieved passage per query.", boundaries=UNIT_BOUNDARIES
+        )
+        self._faithfulness = Histogram(
+            "rag_answer_faithfulness",
+            description="Share of a generated answer's sentences supported by its passages.",
+            boundaries=UNIT_BOUNDARIES,
+        )
 
     def request(self, route: str, status: int) -> None:
         self._requests.inc(tags={"route": route, "status": str(status)})
@@ -83,8 +110,12 @@ class RayIndexMetrics:
         self._version = Gauge("rag_index_version", description="Number of the index version served (v000007 -> 7).")
         self._chunks = Gauge("rag_index_chunks", description="Chunks in the served index version.")
         self._age = Gauge("rag_index_age_seconds", description="Seconds since the served version was built.")
-        self._ingest_age = Gauge("rag_ingest_last_success_age_seconds", description="Seconds since the last successful ingest run (changes or not).")
-        self._files = Gauge("rag_ingest_last_run_files", description="Files of the last successful ingest run by action.", tag_keys=("action",))
+        self._ingest_age = Gauge(
+            "rag_ingest_last_success_age_seconds", description="Seconds since the last successful ingest run (changes or not)."
+        )
+        self._files = Gauge(
+            "rag_ingest_last_run_files", description="Files of the last successful ingest run by action.", tag_keys=("action",)
+        )
         self._ingest_chunks = Gauge("rag_ingest_last_run_chunks", description="Chunks embedded by the last successful ingest run.")
         self._failures = Gauge("rag_ingest_last_run_failures", description="Files that failed in the last successful ingest run.")
         self._speed = Gauge("rag_ingest_last_run_chunks_per_second", description="Chunks per second of the last successful ingest run.")

@@ -79,7 +79,9 @@ class RateLimiter:
         rate_per_s = rate_per_minute / 60.0
         if self.redis is not None:
             try:
-                allowed, wait, _ = await self.redis.call(lambda r: self._bucket_script(r)(keys=[f"{self.key_prefix}:{bucket}"], args=[rate_per_s, burst]))
+                allowed, wait, _ = await self.redis.call(
+                    lambda r: self._bucket_script(r)(keys=[f"{self.key_prefix}:{bucket}"], args=[rate_per_s, burst])
+                )
                 return Decision(bool(int(allowed)), float(wait), shared=True)
             except RedisUnavailable:
                 pass

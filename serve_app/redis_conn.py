@@ -7,7 +7,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 log = logging.getLogger("serve_app.redis")
 
@@ -36,8 +37,11 @@ class FailFastRedis:
             from redis.backoff import NoBackoff
 
             pool = redis.BlockingConnectionPool.from_url(
-                self.url, max_connections=self.pool_size, timeout=self.socket_timeout_s,
-                socket_timeout=self.socket_timeout_s, socket_connect_timeout=self.socket_timeout_s,
+                self.url,
+                max_connections=self.pool_size,
+                timeout=self.socket_timeout_s,
+                socket_timeout=self.socket_timeout_s,
+                socket_connect_timeout=self.socket_timeout_s,
             )
             # No retries: a slow or absent Redis must cost one timeout, not several with backoff.
             self._client = redis.Redis(connection_pool=pool, retry=Retry(NoBackoff(), 0))
@@ -54,8 +58,10 @@ class FailFastRedis:
         except (RedisError, OSError, asyncio.TimeoutError) as exc:
             self._skip_until = time.monotonic() + self.retry_after_s
             if self.connected is not False:
-                log.warning("Redis unavailable: answering uncached, rate limits per replica",
-                            extra={"fields": {"error": f"{type(exc).__name__}: {exc}"[:300]}})
+                log.warning(
+                    "Redis unavailable: answering uncached, rate limits per replica",
+                    extra={"fields": {"error": f"{type(exc).__name__}: {exc}"[:300]}},
+                )
             self.connected = False
             raise RedisUnavailable(str(exc)) from None
         if self.connected is False:

@@ -7,8 +7,9 @@ them. It never reorders on guesswork; /health and every response name the scorer
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Sequence
+from typing import Any
 
 from rag_core.index_reader import RetrievedChunk
 

@@ -14,9 +14,10 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from datetime import datetime, timezone
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Literal, Sequence
+from datetime import datetime, timezone
+from typing import Any, Literal
 
 import bm25s
 import numpy as np
@@ -156,8 +157,11 @@ def last_ingest_summary(index: VersionedIndex) -> dict[str, Any] | None:
     duration = summary.get("duration_s") or 0.0
     chunks = summary.get("chunks_added", 0)
     return {
-        "finished_at": record.get("finished_at"), "age_s": seconds_since(record.get("finished_at")),
-        "files": dict(actions), "chunks_added": chunks, "failures": actions.get("failed", 0),
+        "finished_at": record.get("finished_at"),
+        "age_s": seconds_since(record.get("finished_at")),
+        "files": dict(actions),
+        "chunks_added": chunks,
+        "failures": actions.get("failed", 0),
         "chunks_per_second": round(chunks / duration, 3) if duration else 0.0,
     }
 
@@ -206,7 +210,10 @@ class HybridRetriever:
             self._retired, self._snapshot = self._snapshot, snapshot
             self._mask_cache.clear()
             self.last_error = None
-            log.info("index version loaded", extra={"fields": {"version": current, "chunks": snapshot.chunk_count, "load_s": round(time.monotonic() - started, 2)}})
+            log.info(
+                "index version loaded",
+                extra={"fields": {"version": current, "chunks": snapshot.chunk_count, "load_s": round(time.monotonic() - started, 2)}},
+            )
             return True
 
     def _load(self, version: str) -> IndexSnapshot:
@@ -248,8 +255,10 @@ class HybridRetriever:
                 raise ValueError("dense retrieval needs a query vector")
             try:
                 result = snapshot.collection.query(
-                    query_embeddings=[np.asarray(query_vector, dtype=np.float32)], n_results=min(fetch_k, snapshot.chunk_count),
-                    where=where or None, include=["distances"],
+                    query_embeddings=[np.asarray(query_vector, dtype=np.float32)],
+                    n_results=min(fetch_k, snapshot.chunk_count),
+                    where=where or None,
+                    include=["distances"],
                 )
             except (ValueError, TypeError) as exc:  # chromadb's InvalidArgumentError is a ValueError
                 if where:
@@ -264,10 +273,12 @@ class HybridRetriever:
             rankings.append((list(lexical_scores), self.settings.lexical_weight if mode == "hybrid" else 1.0))
 
         if mode == "hybrid" and self.settings.fusion == "convex":
-            ranked = convex_fusion([
-                (list(dense_scores.items()), self.settings.dense_weight),
-                (list(lexical_scores.items()), self.settings.lexical_weight),
-            ])
+            ranked = convex_fusion(
+                [
+                    (list(dense_scores.items()), self.settings.dense_weight),
+                    (list(lexical_scores.items()), self.settings.lexical_weight),
+                ]
+            )
         elif mode == "hybrid":
             ranked = reciprocal_rank_fusion(rankings, self.settings.rrf_k)
         elif mode == "dense":
@@ -302,8 +313,13 @@ class HybridRetriever:
     def status(self) -> dict[str, Any]:
         snapshot = self._snapshot
         if snapshot is None:
-            return {"ready": False, "error": self.last_error or "index not loaded", "index_version": None, "chunks_indexed": 0,
-                    "last_ingest": None}
+            return {
+                "ready": False,
+                "error": self.last_error or "index not loaded",
+                "index_version": None,
+                "chunks_indexed": 0,
+                "last_ingest": None,
+            }
         return {
             "last_ingest": last_ingest_summary(self.index),
             "ready": snapshot.chunk_count > 0,

@@ -17,8 +17,7 @@ class _Request(BaseModel):
 
     filters: dict[str, Any] | None = Field(
         None,
-        description="Metadata filter: equality shorthand {'file': 'a.pdf'}, operators $eq $ne $in $nin, "
-        "and $and / $or lists.",
+        description="Metadata filter: equality shorthand {'file': 'a.pdf'}, operators $eq $ne $in $nin, and $and / $or lists.",
         examples=[{"file": {"$in": ["vacation-policy.md", "security-faq.txt"]}}],
     )
 
@@ -40,7 +39,9 @@ def _not_blank(value: str) -> str:
 class QueryRequest(_Request):
     question: str = Field(..., min_length=1, max_length=MAX_QUESTION_CHARS, examples=["How many vacation days do employees get?"])
     top_k: int = Field(5, ge=1, le=20, description="Passages retrieved and cited.")
-    use_cache: bool = Field(True, description="Answer from the cache when possible; false forces a fresh answer (which refreshes the cache).")
+    use_cache: bool = Field(
+        True, description="Answer from the cache when possible; false forces a fresh answer (which refreshes the cache)."
+    )
     stream: bool = Field(False, description="Server-sent events: answer tokens, then a final event with the sources.")
 
     _question_not_blank = field_validator("question")(classmethod(lambda cls, v: _not_blank(v)))
@@ -60,9 +61,13 @@ class SourceLocation(BaseModel):
     """Where the passage sits in its file. `kind` says what `page` counts."""
 
     kind: Literal["page", "slide", "sheet", "section"] = Field(
-        ..., description="page: a PDF page or image frame; slide: a presentation slide; sheet: a spreadsheet table; section: text under a heading."
+        ...,
+        description="page: a PDF page or image frame; slide: a presentation slide; sheet: a spreadsheet table; "
+        "section: text under a heading.",
     )
-    page: int = Field(..., description="The PDF page, slide number, sheet position (1-based) or, for flowing text, 1 (the chapter of an EPUB).")
+    page: int = Field(
+        ..., description="The PDF page, slide number, sheet position (1-based) or, for flowing text, 1 (the chapter of an EPUB)."
+    )
     slide: int | None = Field(None, description="Slide number (presentations).")
     sheet: str | None = Field(None, description="Sheet name (workbooks; the file name for CSV).")
     rows: str | None = Field(None, description="The sheet's row numbers the passage covers, e.g. '12-40'.")

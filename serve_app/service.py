@@ -10,9 +10,10 @@ import asyncio
 import json
 import logging
 import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, AsyncIterator, Callable, Iterator, Protocol
+from typing import Any, Protocol
 
 from rag_core.access import Access
 from rag_core.index_reader import RetrievedChunk
@@ -58,8 +59,17 @@ _PER_REQUEST_FIELDS = {"request_id", "latency_ms", "cached", "cache"}
 
 class Stages(Protocol):
     async def embed(self, text: str) -> tuple[list[float], str]: ...
-    async def retrieve(self, query: str, vector: list[float] | None, model: str | None, top_k: int, where: dict | None, mode: str, mmr: bool | None,
-                       access: dict | None) -> tuple[list[RetrievedChunk], str]: ...
+    async def retrieve(
+        self,
+        query: str,
+        vector: list[float] | None,
+        model: str | None,
+        top_k: int,
+        where: dict | None,
+        mode: str,
+        mmr: bool | None,
+        access: dict | None,
+    ) -> tuple[list[RetrievedChunk], str]: ...
     async def rerank(self, query: str, chunks: list[RetrievedChunk], top_k: int) -> tuple[list[RetrievedChunk], str]: ...
     async def answer(self, question: str, chunks: list[RetrievedChunk]) -> Answer: ...
     def answer_stream(self, question: str, chunks: list[RetrievedChunk]) -> AsyncIterator[dict[str, Any]]: ...
@@ -68,12 +78,18 @@ class Stages(Protocol):
 
 def source_location(chunk: RetrievedChunk) -> SourceLocation:
     confidence = chunk.metadata.get("ocr_confidence")
-    return SourceLocation(**chunk.location.to_dict(), ocr=bool(chunk.metadata.get("ocr", False)),
-                          ocr_confidence=float(confidence) if confidence is not None else None)
+    return SourceLocation(
+        **chunk.location.to_dict(),
+        ocr=bool(chunk.metadata.get("ocr", False)),
+        ocr_confidence=float(confidence) if confidence is not None else None,
+    )
 
 
 def to_sources(chunks: list[RetrievedChunk]) -> list[Source]:
-    return [Source(file=c.file, page=c.page, location=source_location(c), chunk_id=c.chunk_id, score=round(c.score, 6), text=c.text) for c in chunks]
+    return [
+        Source(file=c.file, page=c.page, location=source_location(c), chunk_id=c.chunk_id, score=round(c.score, 6), text=c.text)
+        for c in chunks
+    ]
 
 
 class StageClock:
@@ -96,8 +112,14 @@ class StageClock:
 
 
 class QueryService:
-    def __init__(self, stages: Stages, settings: Any, cache: AnswerCache | None = None,
-                 index_version: Callable[[], str | None] | None = None, metrics: QueryMetrics | None = None):
+    def __init__(
+        self,
+        stages: Stages,
+        settings: Any,
+        cache: AnswerCache | None = None,
+        index_version: Callable[[], str | None] | None = None,
+        metrics: QueryMetrics | None = None,
+    ):
         """`cache` with `index_version` (the current version pointer, read before any downstream
         call) enables answer caching; without them every query is answered afresh."""
         self.stages = stages
@@ -110,13 +132,23 @@ class QueryService:
         self._background: set[asyncio.Task] = set()
 
     @classmethod
-    def from_settings(cls, stages: Stages, settings: Any, redis: FailFastRedis | None, metrics: QueryMetrics | None = None) -> "QueryService":
+    def from_settings(cls, stages: Stages, settings: Any, redis: FailFastRedis | None, metrics: QueryMetrics | None = None) -> QueryService:
         """The answer cache (on the replica's Redis pool, else in-process) as the settings say."""
         cache = AnswerCache.from_settings(settings, redis) if settings.cache.enabled else None
         return cls(stages, settings, cache=cache, index_version=VersionedIndex.from_settings(settings).current_version, metrics=metrics)
 
-    async def _retrieve(self, access: Access, text: str, top_k: int, where: dict | None, mode: str | None, rerank: bool | None, mmr: bool | None,
-                        embedding: tuple[list[float], str] | None = None, clock: StageClock | None = None) -> Retrieved:
+    async def _retrieve(
+        self,
+        access: Access,
+        text: str,
+        top_k: int,
+        where: dict | None,
+        mode: str | None,
+        rerank: bool | None,
+        mmr: bool | None,
+        embedding: tuple[list[float], str] | None = None,
+        clock: StageClock | None = None,
+    ) -> Retrieved:
         clock = clock or StageClock()
         mode = mode or self.settings.retrieval.mode
         rerank = self.settings.rerank.enabled if rerank is None else rerank
@@ -141,8 +173,11 @@ class QueryService:
         started = time.perf_counter()
         got = await self._retrieve(access, request.query, request.top_k, request.filters, request.mode, request.rerank, request.mmr)
         return RetrieveResponse(
-            results=to_sources(got.chunks), index_version=got.index_version, reranker=got.reranker,
-            mode=request.mode or self.settings.retrieval.mode, latency_ms=round((time.perf_counter() - started) * 1000, 2),
+            results=to_sources(got.chunks),
+            index_version=got.index_version,
+            reranker=got.reranker,
+            mode=request.mode or self.settings.retrieval.mode,
+            latency_ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
     async def _check_cache(self, request: QueryRequest, access: Access, clock: StageClock) -> CacheLookup:
@@ -197,7 +232,9 @@ class QueryService:
             if lookup.hit:
                 response = self._cached(lookup.hit, request_id, clock)
             else:
-                got = await self._retrieve(access, request.question, request.top_k, request.filters, None, None, None, lookup.embedding, clock)
+                got = await self._retrieve(
+                    access, request.question, request.top_k, request.filters, None, None, None, lookup.embedding, clock
+                )
                 with clock.stage("generate"):
                     answer = await self.stages.answer(request.question, got.chunks)
                 response = self._response(request_id, got, answer, clock)
@@ -247,9 +284,16 @@ class QueryService:
 
     def _response(self, request_id: str, got: Retrieved, answer: Answer, clock: StageClock) -> QueryResponse:
         return QueryResponse(
-            answer=answer.text, sources=to_sources(got.chunks), mode=answer.mode, cached=False, cache=None,
-            latency_ms=round(clock.total_ms(), 2), request_id=request_id,
-            index_version=got.index_version, reranker=got.reranker, generator=answer.generator,
+            answer=answer.text,
+            sources=to_sources(got.chunks),
+            mode=answer.mode,
+            cached=False,
+            cache=None,
+            latency_ms=round(clock.total_ms(), 2),
+            request_id=request_id,
+            index_version=got.index_version,
+            reranker=got.reranker,
+            generator=answer.generator,
         )
 
     def _observe_answer(self, answer: Answer, got: Retrieved) -> None:
@@ -271,25 +315,40 @@ class QueryService:
         except Exception as exc:  # an estimate that cannot be made is logged, never raised
             log.warning("faithfulness not estimated", extra={"fields": {"error": f"{type(exc).__name__}: {exc}"[:200]}})
             return
-        share = supported_share([v for v, _ in vectors[: len(sentences)]], [v for v, _ in vectors[len(sentences):]],
-                                self.settings.observability.faithfulness_threshold)
+        share = supported_share(
+            [v for v, _ in vectors[: len(sentences)]],
+            [v for v, _ in vectors[len(sentences) :]],
+            self.settings.observability.faithfulness_threshold,
+        )
         if share is not None:
             self.metrics.faithfulness(share)
 
-    def _finish(self, request: QueryRequest, request_id: str, access: Access, clock: StageClock,
-                response: QueryResponse | None, error: BaseException | None) -> None:
+    def _finish(
+        self,
+        request: QueryRequest,
+        request_id: str,
+        access: Access,
+        clock: StageClock,
+        response: QueryResponse | None,
+        error: BaseException | None,
+    ) -> None:
         """Stage metrics and the one structured log line of this query."""
         clock.ms["total"] = clock.total_ms()
         for stage, ms in clock.ms.items():
             self.metrics.stage_seconds(stage, ms / 1000)
         fields: dict[str, Any] = {
-            "request_id": request_id, "question_chars": len(request.question), "tenant": access.tenant,
-            "latency_ms": clock.ms["total"], "stages_ms": clock.ms,
+            "request_id": request_id,
+            "question_chars": len(request.question),
+            "tenant": access.tenant,
+            "latency_ms": clock.ms["total"],
+            "stages_ms": clock.ms,
             "chunks_retrieved": len(response.sources) if response else 0,
-            "cached": response.cached if response else False, "cache": response.cache if response else None,
+            "cached": response.cached if response else False,
+            "cache": response.cache if response else None,
             "answer_chars": len(response.answer) if response else 0,
             "sources": [s.chunk_id for s in response.sources] if response else [],
-            "mode": response.mode if response else None, "index_version": response.index_version if response else None,
+            "mode": response.mode if response else None,
+            "index_version": response.index_version if response else None,
             "error": f"{type(error).__name__}: {error}"[:500] if error else None,
         }
         if self.settings.api.log_questions:
@@ -328,9 +387,15 @@ class QueryService:
             reasons.append(f"cache: {cache['backend']} not reachable, answering uncached")
         state = "unhealthy" if unhealthy else ("degraded" if reasons else "healthy")
         return HealthResponse(
-            status=state, reasons=reasons, chunks_indexed=retriever.get("chunks_indexed", 0),
-            index_version=retriever.get("index_version"), embedding_model=embedder.get("model") or retriever.get("embedding_model"),
-            reranker=reranker["name"], generator=generator["name"], cache=cache["backend"], cache_connected=cache["connected"],
+            status=state,
+            reasons=reasons,
+            chunks_indexed=retriever.get("chunks_indexed", 0),
+            index_version=retriever.get("index_version"),
+            embedding_model=embedder.get("model") or retriever.get("embedding_model"),
+            reranker=reranker["name"],
+            generator=generator["name"],
+            cache=cache["backend"],
+            cache_connected=cache["connected"],
             last_indexed_at=retriever.get("last_indexed_at"),
             startup_time_seconds=round(self._startup_seconds(status), 3),
         )

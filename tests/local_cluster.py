@@ -44,9 +44,12 @@ def ray_env() -> dict[str, str]:
 def _node_ports() -> list[str]:
     # Ray's defaults (52365 for the agent, ...) would collide with any other session on this machine.
     ports = {
-        "--node-manager-port": free_port(), "--object-manager-port": free_port(),
-        "--metrics-export-port": free_port(), "--dashboard-agent-listen-port": free_port(),
-        "--dashboard-agent-grpc-port": free_port(), "--runtime-env-agent-port": free_port(),
+        "--node-manager-port": free_port(),
+        "--object-manager-port": free_port(),
+        "--metrics-export-port": free_port(),
+        "--dashboard-agent-listen-port": free_port(),
+        "--dashboard-agent-grpc-port": free_port(),
+        "--runtime-env-agent-port": free_port(),
     }
     return [f"{flag}={port}" for flag, port in ports.items()]
 
@@ -74,20 +77,33 @@ class LocalRayCluster:
     def dashboard_url(self) -> str:
         return f"http://127.0.0.1:{self.dashboard_port}"
 
-    def start(self, log_dir: Path, timeout_s: float = 120) -> "LocalRayCluster":
+    def start(self, log_dir: Path, timeout_s: float = 120) -> LocalRayCluster:
         self.log_dir = log_dir
         log_dir.mkdir(parents=True, exist_ok=True)
-        self._spawn("head", [
-            "--head", f"--port={self.gcs_port}", "--num-cpus=0", f"--dashboard-port={self.dashboard_port}",
-            "--dashboard-host=127.0.0.1", "--include-dashboard=true", f"--ray-client-server-port={free_port()}",
-            f"--temp-dir={log_dir / 'ray'}",
-        ])
+        self._spawn(
+            "head",
+            [
+                "--head",
+                f"--port={self.gcs_port}",
+                "--num-cpus=0",
+                f"--dashboard-port={self.dashboard_port}",
+                "--dashboard-host=127.0.0.1",
+                "--include-dashboard=true",
+                f"--ray-client-server-port={free_port()}",
+                f"--temp-dir={log_dir / 'ray'}",
+            ],
+        )
         self._wait_for_nodes(1, timeout_s)
         for index in range(self.workers):  # one at a time: raylets starting together can time out
-            self._spawn(f"worker-{index}", [
-                f"--address={self.gcs_address}", f"--num-cpus={self.worker_cpus}",
-                f"--resources={json.dumps({f'worker_{index}': 1})}",
-            ], core=index % (os.cpu_count() or 1) if self.pin_cores else None)
+            self._spawn(
+                f"worker-{index}",
+                [
+                    f"--address={self.gcs_address}",
+                    f"--num-cpus={self.worker_cpus}",
+                    f"--resources={json.dumps({f'worker_{index}': 1})}",
+                ],
+                core=index % (os.cpu_count() or 1) if self.pin_cores else None,
+            )
             self._wait_for_nodes(2 + index, timeout_s)
         return self
 
@@ -161,10 +177,13 @@ class ChromaServer:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def start(self, timeout_s: float = 60) -> "ChromaServer":
+    def start(self, timeout_s: float = 60) -> ChromaServer:
         chroma = shutil.which("chroma", path=str(VENV_BIN))
-        self.process = subprocess.Popen([chroma, "run", "--path", str(self.path), "--host", "127.0.0.1", "--port", str(self.port)],
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [chroma, "run", "--path", str(self.path), "--host", "127.0.0.1", "--port", str(self.port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         import chromadb
 
         deadline = time.monotonic() + timeout_s
@@ -172,10 +191,10 @@ class ChromaServer:
             try:
                 chromadb.HttpClient(host="127.0.0.1", port=self.port).heartbeat()
                 return self
-            except Exception:
+            except Exception as exc:
                 if time.monotonic() > deadline or self.process.poll() is not None:
                     self.stop()
-                    raise RuntimeError("chroma server did not start")
+                    raise RuntimeError("chroma server did not start") from exc
                 time.sleep(0.3)
 
     def stop(self) -> None:

@@ -6,11 +6,12 @@ scans and images; `DocumentParser` picks by extension and checks that something 
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 from importlib import metadata
 from types import ModuleType
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from rag_core.parsing import docx, epub, html, ocr_pages, odt, pdf, pptx, spreadsheet, text
 from rag_core.parsing import pdf_tables as pdf_tables_module
@@ -71,7 +72,7 @@ def format_of(filename: str) -> Format:
     return found
 
 
-@lru_cache(maxsize=None)
+@cache
 def _library_version(distribution: str) -> str:
     try:
         return metadata.version(distribution)
@@ -94,8 +95,9 @@ class DocumentParser:
     their numbers, sheets their names and rows, sections their headings; pages without text and
     image files are read by OCR when an engine is configured and installed."""
 
-    def __init__(self, passwords: Sequence[str] = (), ocr_factory: Callable[[], Any] | None = None, ocr_dpi: int = 300,
-                 pdf_tables: bool = True):
+    def __init__(
+        self, passwords: Sequence[str] = (), ocr_factory: Callable[[], Any] | None = None, ocr_dpi: int = 300, pdf_tables: bool = True
+    ):
         self.passwords = list(passwords)
         self.ocr = OcrPages(ocr_factory, ocr_dpi)
         self.pdf_tables = pdf_tables
@@ -129,4 +131,3 @@ class DocumentParser:
         if name in ("docx", "pptx", "odt"):
             return fmt.module.parse(data, self.passwords)
         return fmt.module.parse(data)  # html, epub
-

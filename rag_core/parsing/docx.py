@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import io
 import re
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rag_core.parsing.base import ParsedDocument, grid_lines
 from rag_core.parsing.office import open_package
@@ -151,8 +152,14 @@ def _comments(document: Any) -> list[str]:
 def _headers_and_footers(document: Any) -> list[str]:
     seen: list[str] = []
     for section in document.sections:
-        for part in (section.header, section.first_page_header, section.even_page_header,
-                     section.footer, section.first_page_footer, section.even_page_footer):
+        for part in (
+            section.header,
+            section.first_page_header,
+            section.even_page_header,
+            section.footer,
+            section.first_page_footer,
+            section.even_page_footer,
+        ):
             try:
                 if part.is_linked_to_previous:
                     continue

@@ -14,12 +14,57 @@ from rag_core.parsing.sections import SectionBuilder
 LIBRARY = "beautifulsoup4"
 REVISION = 1
 
-SKIP = {"script", "style", "noscript", "template", "svg", "canvas", "iframe", "object", "embed", "head",
-        "nav", "button", "select", "option", "input", "textarea", "map", "math-fallback"}
+SKIP = {
+    "script",
+    "style",
+    "noscript",
+    "template",
+    "svg",
+    "canvas",
+    "iframe",
+    "object",
+    "embed",
+    "head",
+    "nav",
+    "button",
+    "select",
+    "option",
+    "input",
+    "textarea",
+    "map",
+    "math-fallback",
+}
 HEADINGS = {f"h{level}": level for level in range(1, 7)}
-BLOCKS = {"p", "div", "section", "article", "main", "header", "footer", "aside", "blockquote", "ul", "ol", "li",
-          "dl", "dt", "dd", "figure", "figcaption", "address", "form", "fieldset", "details", "summary", "hr",
-          "body", "html", "center", "caption", "legend"}
+BLOCKS = {
+    "p",
+    "div",
+    "section",
+    "article",
+    "main",
+    "header",
+    "footer",
+    "aside",
+    "blockquote",
+    "ul",
+    "ol",
+    "li",
+    "dl",
+    "dt",
+    "dd",
+    "figure",
+    "figcaption",
+    "address",
+    "form",
+    "fieldset",
+    "details",
+    "summary",
+    "hr",
+    "body",
+    "html",
+    "center",
+    "caption",
+    "legend",
+}
 _META_CHARSET = re.compile(rb"""<meta[^>]+charset\s*=\s*["']?\s*([A-Za-z0-9_.:-]+)""", re.IGNORECASE)
 _HIDDEN_STYLE = re.compile(r"display\s*:\s*none|visibility\s*:\s*hidden", re.IGNORECASE)
 # Page furniture by the names sites give it: menus, navigation boxes, jump links.

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import replace
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from rag_core.location import Location
 from rag_core.parsing.base import DocumentParseError, ParsedDocument, ParsedSegment

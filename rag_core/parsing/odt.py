@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import io
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rag_core.parsing.base import DocumentParseError, ParsedDocument, grid_lines
 from rag_core.parsing.office import open_package

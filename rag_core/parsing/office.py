@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import zipfile
-from typing import Sequence
+from collections.abc import Sequence
 
 from rag_core.parsing.base import DocumentParseError
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import io
 import logging
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from pypdf import PdfReader
 from pypdf.errors import DependencyError, PdfReadError, PyPdfError
@@ -31,8 +32,11 @@ def parse(data: bytes, passwords: Sequence[str], ocr: OcrPages, tables: bool = T
         reader = PdfReader(io.BytesIO(data))
         password = _decrypt(reader, passwords) if reader.is_encrypted else None
         texts = [clean_text(page.extract_text() or "") for page in reader.pages]
-        scans = [number for number, page in enumerate(reader.pages, start=1)
-                 if len("".join(texts[number - 1].split())) < MIN_TEXT_LAYER_CHARS and _has_images(page)]
+        scans = [
+            number
+            for number, page in enumerate(reader.pages, start=1)
+            if len("".join(texts[number - 1].split())) < MIN_TEXT_LAYER_CHARS and _has_images(page)
+        ]
     except DocumentParseError:
         raise
     except (PdfReadError, PyPdfError) as exc:

@@ -16,8 +16,9 @@ import io
 import logging
 import re
 from bisect import bisect_left
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any
 
 from rag_core.parsing.base import clean_text, header_line, table_row_lines
 
@@ -186,7 +187,10 @@ class _Slot:
 
 
 def table_text(
-    table: Any, chars: list[dict[str, Any]], carried: dict[int, list[str]] | None = None, left: list[dict[str, Any]] | None = None,
+    table: Any,
+    chars: list[dict[str, Any]],
+    carried: dict[int, list[str]] | None = None,
+    left: list[dict[str, Any]] | None = None,
 ) -> tuple[str, list[str], bool] | None:
     """(the table as text lines: title rows, header line, one line per row with section labels
     and notes in place; its header, one name per grid column; whether the row labels came from
@@ -263,7 +267,9 @@ def _wrap(line: str) -> str:
     return "\n".join(parts)
 
 
-def _left_labels(table: Any, body: list[tuple[int, list[_Slot]]], left: list[dict[str, Any]]) -> dict[int, tuple[str, list[dict[str, Any]]]]:
+def _left_labels(
+    table: Any, body: list[tuple[int, list[_Slot]]], left: list[dict[str, Any]]
+) -> dict[int, tuple[str, list[dict[str, Any]]]]:
     """{row: (label, its characters)} from the text left of the table, when its first ruled
     column holds figures (the row labels sit outside the ruling) and most body rows have such
     text; else {}."""
@@ -415,7 +421,7 @@ def _split_stacked(row: list[_Slot]) -> list[list[str]]:
     figures = [cell for cell in texts if len(cell) > 1 and all(_figure(t) for t in cell)]
     if not figures:
         return [values]
-    guide = max(range(len(row)), key=lambda j: (len(texts[j]) if texts[j] in figures else 0))
+    guide = max(range(len(row)), key=lambda j: len(texts[j]) if texts[j] in figures else 0)
     bands = [line[0]["top"] for line in lines[guide]]
     stacked: list[list[str]] = [list(values) for _ in bands]
     for j, cell in enumerate(lines):

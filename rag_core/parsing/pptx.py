@@ -5,7 +5,8 @@ the speaker notes."""
 from __future__ import annotations
 
 import io
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rag_core.location import Location
 from rag_core.parsing.base import ParsedDocument, ParsedSegment, grid_lines, short_heading

@@ -7,10 +7,19 @@ from __future__ import annotations
 import csv
 import datetime as dt
 import io
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 from rag_core.location import Location
-from rag_core.parsing.base import DocumentParseError, ParsedDocument, ParsedSegment, header_line, looks_numeric, short_heading, table_row_lines
+from rag_core.parsing.base import (
+    DocumentParseError,
+    ParsedDocument,
+    ParsedSegment,
+    header_line,
+    looks_numeric,
+    short_heading,
+    table_row_lines,
+)
 from rag_core.parsing.encoding import decode_text
 from rag_core.parsing.office import open_package
 
@@ -54,7 +63,9 @@ def parse_csv(data: bytes, name: str) -> ParsedDocument:
     except csv.Error:
         dialect = csv.excel
     try:
-        rows = [(number, [cell.strip() for cell in record]) for number, record in enumerate(csv.reader(io.StringIO(text), dialect), start=1)]
+        rows = [
+            (number, [cell.strip() for cell in record]) for number, record in enumerate(csv.reader(io.StringIO(text), dialect), start=1)
+        ]
     except csv.Error as exc:
         raise DocumentParseError(f"malformed CSV: {exc}") from exc
     stem = name.rsplit("/", 1)[-1]

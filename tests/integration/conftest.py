@@ -20,7 +20,7 @@ from tests.local_cluster import free_port  # noqa: F401  (re-exported for the te
 class RayCluster:
     gcs_address: str
     dashboard_url: str
-    metrics_url: str   # this node's Prometheus endpoint
+    metrics_url: str  # this node's Prometheus endpoint
     session_dir: str
 
 
@@ -44,8 +44,12 @@ def ray_cluster() -> RayCluster:
         log_to_driver=False,
         _metrics_export_port=metrics_port,  # as `ray start --metrics-export-port`
     )
-    cluster = RayCluster(context.address_info["gcs_address"], f"http://127.0.0.1:{dashboard_port}",
-                         f"http://127.0.0.1:{metrics_port}/metrics", context.address_info["session_dir"])
+    cluster = RayCluster(
+        context.address_info["gcs_address"],
+        f"http://127.0.0.1:{dashboard_port}",
+        f"http://127.0.0.1:{metrics_port}/metrics",
+        context.address_info["session_dir"],
+    )
     yield cluster
     ray.shutdown()
 
@@ -94,8 +98,9 @@ def manifest_passwords(pdf_dir: Path) -> list[str]:
 def pdf_index(tmp_path_factory, ray_cluster, pdf_dir) -> tuple[Path, dict[str, Any]]:
     """An index of all shared PDFs (built once per session through the CLI)."""
     index_dir = tmp_path_factory.mktemp("pdf-index") / "index"
-    result = run_ingest(index_dir, ray_cluster, "--source", str(pdf_dir), timeout=1500,
-                        RAG_INGEST__PDF_PASSWORDS=json.dumps(manifest_passwords(pdf_dir)))
+    result = run_ingest(
+        index_dir, ray_cluster, "--source", str(pdf_dir), timeout=1500, RAG_INGEST__PDF_PASSWORDS=json.dumps(manifest_passwords(pdf_dir))
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     return index_dir, result.summary
 
@@ -135,18 +140,41 @@ def deploy_app(serve_http: str):
         serve.delete(name)
 
 
-def submit_ingest_job(cluster: RayCluster, source: str, env_vars: dict[str, str], *args: str) -> tuple[subprocess.CompletedProcess, dict[str, Any]]:
+def submit_ingest_job(
+    cluster: RayCluster, source: str, env_vars: dict[str, str], *args: str
+) -> tuple[subprocess.CompletedProcess, dict[str, Any]]:
     """`ray job submit ... -- python -m ingest_jobs.index --source SOURCE` against the test
     cluster's dashboard, as users run it; returns the process and the job's JSON summary."""
     import time
 
     runtime_env = {"env_vars": env_vars}
-    for _ in range(40):  # right after start the dashboard may have no job agent yet ("try again later"), for a minute or more on a busy machine
+    for _ in range(
+        40
+    ):  # right after start the dashboard may have no job agent yet ("try again later"), for a minute or more on a busy machine
         process = subprocess.run(
-            ["ray", "job", "submit", "--address", cluster.dashboard_url, "--working-dir", ".",
-             "--runtime-env-json", json.dumps(runtime_env), "--", "python", "-m", "ingest_jobs.index", "--source", source, *args],
-            cwd=REPO_ROOT, env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
-            capture_output=True, text=True, timeout=1200,
+            [
+                "ray",
+                "job",
+                "submit",
+                "--address",
+                cluster.dashboard_url,
+                "--working-dir",
+                ".",
+                "--runtime-env-json",
+                json.dumps(runtime_env),
+                "--",
+                "python",
+                "-m",
+                "ingest_jobs.index",
+                "--source",
+                source,
+                *args,
+            ],
+            cwd=REPO_ROOT,
+            env={**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
+            capture_output=True,
+            text=True,
+            timeout=1200,
         )
         if "No available agent to submit job" not in process.stdout + process.stderr:
             break

@@ -20,9 +20,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import httpx
 
@@ -95,8 +95,7 @@ def find_gguf() -> Path:
 
 def check_llama_cpp_server() -> None:
     """llama-cpp-python with its [server] extra, importable from this interpreter."""
-    missing = [name for name in ("llama_cpp", "uvicorn", "sse_starlette", "starlette_context")
-               if importlib.util.find_spec(name) is None]
+    missing = [name for name in ("llama_cpp", "uvicorn", "sse_starlette", "starlette_context") if importlib.util.find_spec(name) is None]
     if missing:
         raise LLMServerError(f"llama-cpp-python[server] is not installed (missing: {', '.join(missing)}); {INSTALL_HINT}")
 
@@ -123,22 +122,31 @@ def start_llama_server(
         log_path = Path(name)
     port = free_port()
     command = [
-        sys.executable, "-m", "llama_cpp.server",
-        "--model", str(model_path),
-        "--model_alias", model_alias,
-        "--host", "127.0.0.1",
-        "--port", str(port),
-        "--n_ctx", str(n_ctx),
-        "--n_threads", str(threads),
-        "--n_threads_batch", str(n_threads_batch or threads),
-        "--verbose", "False",
+        sys.executable,
+        "-m",
+        "llama_cpp.server",
+        "--model",
+        str(model_path),
+        "--model_alias",
+        model_alias,
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--n_ctx",
+        str(n_ctx),
+        "--n_threads",
+        str(threads),
+        "--n_threads_batch",
+        str(n_threads_batch or threads),
+        "--verbose",
+        "False",
     ]
     # The server's settings read unprefixed environment variables (API_KEY, CHAT_FORMAT, N_GPU_LAYERS...).
     env = {k: v for k, v in os.environ.items() if k.lower() not in SERVER_SETTING_NAMES}
     with log_path.open("wb") as log:
         # Own process group: terminating it never leaves a server behind, even from a crashed test.
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   env=env, start_new_session=True)
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True)
     server = LlamaServer(process, f"http://127.0.0.1:{port}/v1", model_alias, log_path)
     try:
         wait_until_ready(server, startup_timeout_s)
@@ -154,11 +162,13 @@ def _failure(server: LlamaServer, what: str) -> LLMServerError:
     code = server.process.poll()
     hint = ""
     if code is not None and code < 0 and -code in (signal.SIGSEGV, signal.SIGILL):
-        hint = ("\nThe server crashed. A known cause: llama-cpp-python built with -march=native (pip's default "
-                "build) uses AMX where the CPU reports it, and some VMs (e.g. Firecracker) fault on AMX "
-                "instructions (dmesg: general protection fault in libggml-cpu.so, ggml_backend_amx_mul_mat). "
-                "Rebuild it: CMAKE_ARGS=\"-DGGML_NATIVE=OFF\" pip install --no-cache-dir --force-reinstall "
-                "--no-deps llama-cpp-python==0.3.36")
+        hint = (
+            "\nThe server crashed. A known cause: llama-cpp-python built with -march=native (pip's default "
+            "build) uses AMX where the CPU reports it, and some VMs (e.g. Firecracker) fault on AMX "
+            "instructions (dmesg: general protection fault in libggml-cpu.so, ggml_backend_amx_mul_mat). "
+            'Rebuild it: CMAKE_ARGS="-DGGML_NATIVE=OFF" pip install --no-cache-dir --force-reinstall '
+            "--no-deps llama-cpp-python==0.3.36"
+        )
     status = "still running" if code is None else f"exited with {code}"
     return LLMServerError(f"llama.cpp server {what} ({status}){hint}\n--- server log tail ({server.log_path}) ---\n{server.log_tail()}")
 

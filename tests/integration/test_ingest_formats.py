@@ -99,22 +99,39 @@ def test_every_good_document_is_indexed_and_every_bad_input_is_listed_with_a_rea
 
 # (question, file, what its location must say, words the passage must hold)
 FACTS = [
-    ("How many Stanley Cups have the Maple Leafs won?", "unstructured__stanley-cups.xlsx",
-     {"kind": "sheet"}, ["Team: Maple Leafs | Location: TOR | Stanley Cups:"]),
-    ("What was the mean CO2 concentration at Mauna Loa in 1959?", "co2-ppm__co2-annmean-mlo.csv",
-     {"kind": "sheet"}, ["1959", "315.98"]),
-    ("Wild duck observations by year chart: how many freshwater ducks in 2021?", "docling__pptx_chart.pptx",
-     {"kind": "slide", "slide": 1}, ["Freshwater Ducks", "2021: 150"]),
-    ("Which table on the slide lists Purple, Orange and Yellow?", "unstructured__fake-power-point-table.pptx",
-     {"kind": "slide", "slide": 1}, ["Purple"]),
-    ("Who leads on Wednesday in the schedule table?", "unstructured__fake.odt",
-     {"kind": "section"}, ["Wed: Mark"]),
-    ("What classification is the SNB22-3 steel grade?", "unstructured__example-steelJIS-datasheet.html",
-     {"kind": "section"}, ["Chromium molybdenum"]),
-    ("Test EPUB chapter with a bullet point and another point", "markitdown__test.epub",
-     {"kind": "section", "heading": "Test EPUB Document > Chapter 1: Test Content"}, ["bullet point"]),
-    ("Which tables have horizontal and vertical merged cells?", "docling__word_tables.docx",
-     {"kind": "section"}, ["Merged Cell"]),
+    (
+        "How many Stanley Cups have the Maple Leafs won?",
+        "unstructured__stanley-cups.xlsx",
+        {"kind": "sheet"},
+        ["Team: Maple Leafs | Location: TOR | Stanley Cups:"],
+    ),
+    ("What was the mean CO2 concentration at Mauna Loa in 1959?", "co2-ppm__co2-annmean-mlo.csv", {"kind": "sheet"}, ["1959", "315.98"]),
+    (
+        "Wild duck observations by year chart: how many freshwater ducks in 2021?",
+        "docling__pptx_chart.pptx",
+        {"kind": "slide", "slide": 1},
+        ["Freshwater Ducks", "2021: 150"],
+    ),
+    (
+        "Which table on the slide lists Purple, Orange and Yellow?",
+        "unstructured__fake-power-point-table.pptx",
+        {"kind": "slide", "slide": 1},
+        ["Purple"],
+    ),
+    ("Who leads on Wednesday in the schedule table?", "unstructured__fake.odt", {"kind": "section"}, ["Wed: Mark"]),
+    (
+        "What classification is the SNB22-3 steel grade?",
+        "unstructured__example-steelJIS-datasheet.html",
+        {"kind": "section"},
+        ["Chromium molybdenum"],
+    ),
+    (
+        "Test EPUB chapter with a bullet point and another point",
+        "markitdown__test.epub",
+        {"kind": "section", "heading": "Test EPUB Document > Chapter 1: Test Content"},
+        ["bullet point"],
+    ),
+    ("Which tables have horizontal and vertical merged cells?", "docling__word_tables.docx", {"kind": "section"}, ["Merged Cell"]),
 ]
 
 
@@ -172,15 +189,28 @@ def test_query_sources_name_slide_and_sheet(docs_service):
     # The workbook's two sheets both list the Maple Leafs; either is a right citation.
     assert sheet_sources and sheet_sources[0]["location"]["sheet"] in {"Stanley Cups", "Stanley Cups Since 67"}
     assert sheet_sources[0]["location"]["rows"]
-    slide = httpx.post(f"{docs_service}/v1/query", json={"question": "How many freshwater ducks were observed in 2021 in the duck survey chart?"}, timeout=60).json()
-    assert any(s["location"]["kind"] == "slide" and s["location"]["slide"] == 1 for s in slide["sources"] if s["file"] == "docling__pptx_chart.pptx")
+    slide = httpx.post(
+        f"{docs_service}/v1/query",
+        json={"question": "How many freshwater ducks were observed in 2021 in the duck survey chart?"},
+        timeout=60,
+    ).json()
+    assert any(
+        s["location"]["kind"] == "slide" and s["location"]["slide"] == 1
+        for s in slide["sources"]
+        if s["file"] == "docling__pptx_chart.pptx"
+    )
 
 
 def test_rerun_embeds_nothing_and_a_changed_docx_reindexes_only_itself(tmp_path, ray_cluster):
     source, index_dir = tmp_path / "docs", tmp_path / "index"
     source.mkdir()
-    for name in ("r2r__docx.docx", "docling__word_tables.docx", "unstructured__stanley-cups.xlsx", "r2r__pptx.pptx",
-                 "msoffcrypto__example_password.docx"):
+    for name in (
+        "r2r__docx.docx",
+        "docling__word_tables.docx",
+        "unstructured__stanley-cups.xlsx",
+        "r2r__pptx.pptx",
+        "msoffcrypto__example_password.docx",
+    ):
         shutil.copy(DOCS_DIR / name, source / name)
     env = {"RAG_INDEX_DIR": str(index_dir), "RAG_INGEST__PASSWORDS": json.dumps([OFFICE_PASSWORD])}
     process, first = submit_ingest_job(ray_cluster, str(source), env)
@@ -231,15 +261,23 @@ def test_parse_signature_changes_reparse_exactly_the_files_they_affect(tmp_path,
     assert tables_off["files_reparsed"] == 2 and tables_off["files_unchanged"] == 2
     assert all(r.startswith("parser: pdf/") for r in tables_off["reparse_reasons"])
 
-    stricter = run_ingest(index_dir, ray_cluster, "--source", str(source), RAG_INGEST__PDF_TABLES="false",
-                          RAG_INGEST__PII__SCORE_THRESHOLD="0.5").summary
+    stricter = run_ingest(
+        index_dir, ray_cluster, "--source", str(source), RAG_INGEST__PDF_TABLES="false", RAG_INGEST__PII__SCORE_THRESHOLD="0.5"
+    ).summary
     assert stricter["files_reparsed"] == 4 and stricter["files_unchanged"] == 0
     assert all(r.startswith("pii: pii/") for r in stricter["reparse_reasons"])
     assert stricter["full_rebuild_reason"] is None  # re-parsed file by file, not a full rebuild
 
     # OCR gone: the scan cannot be read again, and keeps the text it was indexed with.
-    lost = run_ingest(index_dir, ray_cluster, "--source", str(source), RAG_INGEST__PDF_TABLES="false",
-                      RAG_INGEST__PII__SCORE_THRESHOLD="0.5", RAG_INGEST__OCR__TESSERACT_CMD="/nonexistent/tesseract").summary
+    lost = run_ingest(
+        index_dir,
+        ray_cluster,
+        "--source",
+        str(source),
+        RAG_INGEST__PDF_TABLES="false",
+        RAG_INGEST__PII__SCORE_THRESHOLD="0.5",
+        RAG_INGEST__OCR__TESSERACT_CMD="/nonexistent/tesseract",
+    ).summary
     incomplete = {entry["file"]: entry["reason"] for entry in lost["files_incomplete"]}
     assert lost["files_failed"] == []
     assert "OCR engine not installed" in incomplete["scan.pdf"] and "the previous text is kept" in incomplete["scan.pdf"]

@@ -24,8 +24,17 @@ from tests.integration.conftest import ingest_env, run_ingest, submit_ingest_job
 from tests.local_cluster import ChromaServer
 
 SUMMARY_KEYS = {
-    "index_version", "files_seen", "files_indexed", "files_unchanged", "files_deleted",
-    "files_failed", "chunks_added", "chunks_deleted", "chunks_total", "embedding_model", "duration_s",
+    "index_version",
+    "files_seen",
+    "files_indexed",
+    "files_unchanged",
+    "files_deleted",
+    "files_failed",
+    "chunks_added",
+    "chunks_deleted",
+    "chunks_total",
+    "embedding_model",
+    "duration_s",
 }
 
 
@@ -69,7 +78,7 @@ def test_samples_are_indexed_and_searchable_then_rerun_embeds_nothing(tmp_path, 
     assert (summary["files_seen"], summary["files_indexed"], summary["files_failed"]) == (4, 4, [])
     assert summary["chunks_added"] == summary["chunks_total"] > 4
     assert summary["embedding_model"] == PACKAGED_MINILM
-    progress = [json.loads(l) for l in first.stderr.splitlines() if l.startswith("{") and '"progress"' in l]
+    progress = [json.loads(line) for line in first.stderr.splitlines() if line.startswith("{") and '"progress"' in line]
     assert progress and progress[-1]["chunks_written"] == summary["chunks_added"]
 
     top = search(index_dir, model, "How many paid vacation days does an employee get per year?")[0]
@@ -86,11 +95,15 @@ def test_samples_are_indexed_and_searchable_then_rerun_embeds_nothing(tmp_path, 
     assert again.summary["new_version_created"] is False
 
     audit = subprocess.run(
-        [sys.executable, "-m", "ingest_jobs.audit", "--files"], cwd=REPO_ROOT,
-        env=ingest_env(index_dir, None), capture_output=True, text=True, check=True,
+        [sys.executable, "-m", "ingest_jobs.audit", "--files"],
+        cwd=REPO_ROOT,
+        env=ingest_env(index_dir, None),
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     assert "version=v000001" in audit and "added    vacation-policy.md" in audit
-    records = [json.loads(l) for l in (index_dir / "audit.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in (index_dir / "audit.jsonl").read_text().splitlines()]
     assert [r["status"] for r in records] == ["completed", "completed"]
     assert records[0]["triggered_by"] and records[0]["source"] == str(SAMPLES_DIR)
 
@@ -130,14 +143,16 @@ def test_changed_and_deleted_content_is_no_longer_retrievable(tmp_path, ray_clus
     assert pdf_chunks and {m["index_version"] for m in pdf_chunks} == {"v000001"}
 
     # Rollback brings the previous version back atomically; the next ingest diffs against it.
-    rollback = subprocess.run([sys.executable, "-m", "ingest_jobs.rollback"], cwd=REPO_ROOT, env=ingest_env(index_dir, None), capture_output=True, text=True)
+    rollback = subprocess.run(
+        [sys.executable, "-m", "ingest_jobs.rollback"], cwd=REPO_ROOT, env=ingest_env(index_dir, None), capture_output=True, text=True
+    )
     assert rollback.returncode == 0, rollback.stdout + rollback.stderr
     assert json.loads(rollback.stdout.splitlines()[-1]) == {"index_version": "v000001", "previous_version": "v000002"}
     assert search(index_dir, model, "zebra enclosure door code")[0].file == "zebra.txt"
     third = run_ingest(index_dir, ray_cluster, "--source", str(source))
     assert third.summary["files_deleted"] == 1 and third.summary["index_version"] == "v000003"
     assert not [d for d, m in all_documents(index_dir) if m["file"] == "zebra.txt"]
-    events = [json.loads(l)["event"] for l in (index_dir / "audit.jsonl").read_text().splitlines()]
+    events = [json.loads(line)["event"] for line in (index_dir / "audit.jsonl").read_text().splitlines()]
     assert events == ["ingest", "ingest", "rollback", "ingest"]
 
 
@@ -228,8 +243,12 @@ def test_killed_run_leaves_current_version_intact_then_all_shared_pdfs_are_accou
     settings = {"RAG_INGEST__PDF_PASSWORDS": json.dumps(passwords), "RAG_INGEST__PROGRESS_INTERVAL_S": "0.5"}
 
     process = subprocess.Popen(
-        [sys.executable, "-m", "ingest_jobs.index", "--source", str(source)], cwd=REPO_ROOT,
-        env=ingest_env(index_dir, ray_cluster, **settings), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [sys.executable, "-m", "ingest_jobs.index", "--source", str(source)],
+        cwd=REPO_ROOT,
+        env=ingest_env(index_dir, ray_cluster, **settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     seen_progress = threading.Event()
 
@@ -318,7 +337,9 @@ def test_chroma_server_store_and_rebuild_from_parquet(tmp_path, ray_cluster, chr
 
     # Move the index to the server without re-embedding.
     version_dir = embedded_index / "versions" / built.summary["index_version"]
-    moved = run_ingest(server_index, None, "--rebuild-from-parquet", str(version_dir), RAG_CHROMA_URL=chroma_server, RAG_INGEST__KEEP_VERSIONS="1")
+    moved = run_ingest(
+        server_index, None, "--rebuild-from-parquet", str(version_dir), RAG_CHROMA_URL=chroma_server, RAG_INGEST__KEEP_VERSIONS="1"
+    )
     assert moved.returncode == 0, moved.stderr[-3000:]
     assert moved.summary["chunks_total"] == built.summary["chunks_total"]
     assert "duration_s" in moved.summary
@@ -330,7 +351,9 @@ def test_chroma_server_store_and_rebuild_from_parquet(tmp_path, ray_cluster, chr
 
     # Incremental ingest against the server; old versions' collections are dropped beyond keep_versions.
     (source / "security-faq.txt").unlink()
-    incremental = run_ingest(server_index, ray_cluster, "--source", str(source), RAG_CHROMA_URL=chroma_server, RAG_INGEST__KEEP_VERSIONS="1")
+    incremental = run_ingest(
+        server_index, ray_cluster, "--source", str(source), RAG_CHROMA_URL=chroma_server, RAG_INGEST__KEEP_VERSIONS="1"
+    )
     assert incremental.returncode == 0 and incremental.summary["files_deleted"] == 1
     assert all(h.file != "security-faq.txt" for h in search(server_index, model, query, top_k=10, chroma_url=chroma_server))
     import chromadb
@@ -349,8 +372,14 @@ def test_an_open_reader_keeps_serving_while_a_new_version_is_written(tmp_path, r
     old_query, new_query = model.embed_queries(["How fast must the on-call engineer acknowledge a page?", "kestrel bird survey team"])
     (source / "kestrel.txt").write_text("The kestrel bird survey team counts nests every Monday at 06:00.\n")
 
-    writer = subprocess.Popen([sys.executable, "-m", "ingest_jobs.index", "--source", str(source)], cwd=REPO_ROOT,
-                              env=ingest_env(index_dir, ray_cluster), stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    writer = subprocess.Popen(
+        [sys.executable, "-m", "ingest_jobs.index", "--source", str(source)],
+        cwd=REPO_ROOT,
+        env=ingest_env(index_dir, ray_cluster),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
     answered = 0
     while writer.poll() is None:  # queries during the other process's write: never an error
         assert reader.search(old_query, 3)[0].file == "oncall-runbook.md"

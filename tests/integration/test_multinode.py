@@ -25,9 +25,14 @@ from tests.redis_server import SHARED_REDIS_URL, unique_prefix
 
 # Real PDFs from the shared set (text layers of a few pages to a few dozen), plus the samples.
 PDFS = [
-    "unstructured__multi-column-2p.pdf", "unstructured__layout-parser-paper-fast.pdf", "unstructured__a1977-backus-p21.pdf",
-    "pypdf-samples__multicolumn.pdf", "pypdf-samples__pdflatex-4-pages.pdf", "docling__multi_page.pdf",
-    "docling__code_and_formula.pdf", "unstructured__reliance.pdf",
+    "unstructured__multi-column-2p.pdf",
+    "unstructured__layout-parser-paper-fast.pdf",
+    "unstructured__a1977-backus-p21.pdf",
+    "pypdf-samples__multicolumn.pdf",
+    "pypdf-samples__pdflatex-4-pages.pdf",
+    "docling__multi_page.pdf",
+    "docling__code_and_formula.pdf",
+    "unstructured__reliance.pdf",
 ]
 
 
@@ -46,9 +51,21 @@ class MultiNode:
             "RAG_TRIGGERED_BY": "multinode-test",
             **settings,
         }
-        done = self.ray.ray("ray", "job", "submit", "--address", self.ray.dashboard_url,
-                            "--runtime-env-json", json.dumps({"env_vars": env_vars}),
-                            "--", "python", "-m", "ingest_jobs.index", "--source", str(source))
+        done = self.ray.ray(
+            "ray",
+            "job",
+            "submit",
+            "--address",
+            self.ray.dashboard_url,
+            "--runtime-env-json",
+            json.dumps({"env_vars": env_vars}),
+            "--",
+            "python",
+            "-m",
+            "ingest_jobs.index",
+            "--source",
+            str(source),
+        )
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
         summaries = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"index_version"')]
         assert summaries, done.stdout[-3000:]
@@ -126,13 +143,16 @@ def test_the_index_is_readable_from_the_server_alone(multinode, ingested, tmp_pa
 
 
 def serve_config(multinode: MultiNode, port: int, cache_prefix: str) -> dict[str, Any]:
-    config = local_serve_config(port, {
-        "chroma_url": multinode.chroma.url,
-        "redis_url": SHARED_REDIS_URL,
-        "cache.key_prefix": cache_prefix,
-        "auth.rate_limit_enabled": "false",
-        "index_dir": str(multinode.base / "replicas-never-read-this"),
-    })
+    config = local_serve_config(
+        port,
+        {
+            "chroma_url": multinode.chroma.url,
+            "redis_url": SHARED_REDIS_URL,
+            "cache.key_prefix": cache_prefix,
+            "auth.rate_limit_enabled": "false",
+            "index_dir": str(multinode.base / "replicas-never-read-this"),
+        },
+    )
     app = config["applications"][0]
     for deployment in app["deployments"]:
         spread = deployment["name"] in ("Ingress", "Embedder", "Retriever")

@@ -17,8 +17,20 @@ from tests.integration.conftest import run_ingest
 from tests.integration.test_serve_app import wait_for
 
 APP = "observed"  # metrics are filtered to this app: other tests' apps export the same names
-QUERY_LOG_FIELDS = {"request_id", "question_chars", "stages_ms", "chunks_retrieved", "cached", "cache", "answer_chars",
-                    "sources", "mode", "index_version", "error", "tenant"}
+QUERY_LOG_FIELDS = {
+    "request_id",
+    "question_chars",
+    "stages_ms",
+    "chunks_retrieved",
+    "cached",
+    "cache",
+    "answer_chars",
+    "sources",
+    "mode",
+    "index_version",
+    "error",
+    "tenant",
+}
 
 
 def scrape(url: str) -> dict[str, float]:
@@ -49,8 +61,12 @@ def observed(tmp_path_factory, ray_cluster, serve_http):
     root = tmp_path_factory.mktemp("observed")
     shutil.copytree(SAMPLES_DIR, root / "docs")
     assert run_ingest(root / "index", ray_cluster, "--source", str(root / "docs")).returncode == 0
-    settings = load_settings(REPO_ROOT / "configs/rag.yaml", index_dir=root / "index", auth={"rate_limit_enabled": False},
-                             retrieval={"reload_check_interval_s": 0.5})
+    settings = load_settings(
+        REPO_ROOT / "configs/rag.yaml",
+        index_dir=root / "index",
+        auth={"rate_limit_enabled": False},
+        retrieval={"reload_check_interval_s": 0.5},
+    )
     serve.run(build_graph(settings), name=APP, route_prefix=f"/{APP}")
     base = f"{serve_http}/{APP}"
     wait_for(f"{base}/health")
@@ -74,8 +90,11 @@ def test_rag_metrics_reach_the_prometheus_endpoint_with_plausible_values(observe
     samples: dict[str, float] = {}
     while time.monotonic() < deadline:
         samples = scrape(metrics_url)
-        if (total(samples, "ray_rag_requests_total", application=APP, route="/v1/query", status="200") >= 6
-                and total(samples, "ray_rag_index_version", application=APP) >= 2 and total(samples, "ray_rag_ingest_last_run_chunks", application=APP) > 0):
+        if (
+            total(samples, "ray_rag_requests_total", application=APP, route="/v1/query", status="200") >= 6
+            and total(samples, "ray_rag_index_version", application=APP) >= 2
+            and total(samples, "ray_rag_ingest_last_run_chunks", application=APP) > 0
+        ):
             break
         time.sleep(2)
     assert total(samples, "ray_rag_requests_total", application=APP, route="/v1/query", status="200") >= 6, sorted(samples)[:40]
@@ -93,7 +112,9 @@ def test_rag_metrics_reach_the_prometheus_endpoint_with_plausible_values(observe
     assert total(samples, "ray_rag_ingest_last_run_files", application=APP, action="added") >= 1
     assert total(samples, "ray_rag_ingest_last_run_chunks", application=APP) >= summary["chunks_added"]
     assert total(samples, "ray_rag_ingest_last_run_chunks_per_second", application=APP) > 0
-    mean_latency = total(samples, "ray_rag_stage_latency_seconds_sum", application=APP, stage="total") / total(samples, "ray_rag_stage_latency_seconds_count", application=APP, stage="total")
+    mean_latency = total(samples, "ray_rag_stage_latency_seconds_sum", application=APP, stage="total") / total(
+        samples, "ray_rag_stage_latency_seconds_count", application=APP, stage="total"
+    )
     assert 0 < mean_latency < 30
 
 

@@ -49,9 +49,17 @@ def serve_run_service(pdf_index):
             pytest.fail(f"port {SERVE_PORT} (configs/serve.yaml) is already in use by another process; stop it first (e.g. `ray stop`)")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("RAG_", "RAY_ADDRESS"))}
     # The module sends more requests from one client than the anonymous rate limit allows.
-    env.update(RAG_INDEX_DIR=str(index_dir), RAG_AUTH__RATE_LIMIT_ENABLED="false", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
-    process = subprocess.Popen(["serve", "run", "-a", "local", "configs/serve.yaml"], cwd=REPO_ROOT, env=env,
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env.update(
+        RAG_INDEX_DIR=str(index_dir), RAG_AUTH__RATE_LIMIT_ENABLED="false", PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}"
+    )
+    process = subprocess.Popen(
+        ["serve", "run", "-a", "local", "configs/serve.yaml"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     base = f"http://127.0.0.1:{SERVE_PORT}"
     try:
         wait_for(f"{base}/health", timeout_s=300)
@@ -74,8 +82,12 @@ def test_health_reports_the_index_and_components(serve_run_service, pdf_index):
 
 
 def test_query_answers_with_cited_sources(serve_run_service, pdf_index):
-    response = httpx.post(f"{serve_run_service}/v1/query", json={"question": "What is the Dense Passage Retriever trained on?"},
-                          headers={"X-Request-ID": "trace-42"}, timeout=60)
+    response = httpx.post(
+        f"{serve_run_service}/v1/query",
+        json={"question": "What is the Dense Passage Retriever trained on?"},
+        headers={"X-Request-ID": "trace-42"},
+        timeout=60,
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert response.headers["X-Request-ID"] == body["request_id"] == "trace-42"
@@ -104,8 +116,14 @@ def test_retrieve_is_ranked_and_honours_filters(serve_run_service):
     chosen = ["pdfplumber__ca-warn-report.pdf", "camelot__budget.pdf"]
     within = httpx.post(url, json={"query": "report", "top_k": 30, "filters": {"file": {"$in": chosen}}, "mode": "lexical"}).json()
     assert within["results"] and {r["file"] for r in within["results"]} <= set(chosen)
-    excluded = httpx.post(url, json={"query": "dense passage retrieval", "top_k": 20,
-                                     "filters": {"$and": [{"file": {"$ne": "unstructured__multi-column.pdf"}}, {"page": {"$nin": [1]}}]}}).json()
+    excluded = httpx.post(
+        url,
+        json={
+            "query": "dense passage retrieval",
+            "top_k": 20,
+            "filters": {"$and": [{"file": {"$ne": "unstructured__multi-column.pdf"}}, {"page": {"$nin": [1]}}]},
+        },
+    ).json()
     assert all(r["file"] != "unstructured__multi-column.pdf" and r["page"] != 1 for r in excluded["results"])
 
 
@@ -193,8 +211,13 @@ def test_without_an_index_the_service_starts_unhealthy_then_recovers(tmp_path, r
 def test_an_unreachable_llm_gives_a_degraded_answer_within_the_timeout(tmp_path, ray_cluster, deploy_app):
     index_dir = tmp_path / "index"
     assert run_ingest(index_dir, ray_cluster, "--source", str(SAMPLES_DIR)).returncode == 0
-    base = deploy_app("degraded", index_dir=index_dir, llm_base_url="http://127.0.0.1:9/v1", llm_model="nothing-here",
-                      generator={"timeout_s": 3, "max_retries": 1})
+    base = deploy_app(
+        "degraded",
+        index_dir=index_dir,
+        llm_base_url="http://127.0.0.1:9/v1",
+        llm_model="nothing-here",
+        generator={"timeout_s": 3, "max_retries": 1},
+    )
     wait_for(f"{base}/health")
     started = time.monotonic()
     response = httpx.post(f"{base}/v1/query", json={"question": "How many vacation days do employees get?"}, timeout=30)

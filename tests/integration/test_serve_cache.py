@@ -49,8 +49,9 @@ def test_hits_scopes_and_a_reingest_never_served_stale(tmp_path, ray_cluster, de
     source, index_dir = tmp_path / "docs", tmp_path / "index"
     shutil.copytree(SAMPLES_DIR, source)
     assert run_ingest(index_dir, ray_cluster, "--source", str(source)).returncode == 0
-    base = deploy_app("cached", index_dir=index_dir, redis_url=SHARED_REDIS_URL, cache={"key_prefix": prefix},
-                      retrieval={"reload_check_interval_s": 0.5})
+    base = deploy_app(
+        "cached", index_dir=index_dir, redis_url=SHARED_REDIS_URL, cache={"key_prefix": prefix}, retrieval={"reload_check_interval_s": 0.5}
+    )
     assert wait_for(f"{base}/health").json()["cache"] == "redis"
 
     first = ask(base, QUESTION)
@@ -79,11 +80,17 @@ def test_redis_stopped_mid_run_fails_no_request_and_reconnects(tmp_path, ray_clu
     redis_server = PrivateRedis(tmp_path).start()
     index_dir = tmp_path / "index"
     assert run_ingest(index_dir, ray_cluster, "--source", str(SAMPLES_DIR)).returncode == 0
-    base = deploy_app("cachefail", index_dir=index_dir, redis_url=redis_server.url, redis={"retry_after_s": 0.5},
-                      auth={"rate_limit_enabled": False})
+    base = deploy_app(
+        "cachefail", index_dir=index_dir, redis_url=redis_server.url, redis={"retry_after_s": 0.5}, auth={"rate_limit_enabled": False}
+    )
     wait_for(f"{base}/health")
-    questions = [QUESTION, "What is the hotel limit in London?", "Who do I page for a production outage?",
-                 "How long must passwords be?", "When are expense reports due?"]
+    questions = [
+        QUESTION,
+        "What is the hotel limit in London?",
+        "Who do I page for a production outage?",
+        "How long must passwords be?",
+        "When are expense reports due?",
+    ]
 
     phase = ["up"]
     outcomes: Counter = Counter()

@@ -69,8 +69,13 @@ def secured(tmp_path_factory, ray_cluster, serve_http):
 
     prefix = unique_prefix("secured")
     keys = [{"name": name, "sha256": hash_key(SECRET[name]), **spec} for name, spec in KEYS.items()]
-    settings = load_settings(REPO_ROOT / "configs/rag.yaml", index_dir=root / "index", redis_url=SHARED_REDIS_URL,
-                             cache={"key_prefix": prefix}, auth={"keys": keys, "rate_limit_prefix": f"{prefix}:rl", "burst": 1000})
+    settings = load_settings(
+        REPO_ROOT / "configs/rag.yaml",
+        index_dir=root / "index",
+        redis_url=SHARED_REDIS_URL,
+        cache={"key_prefix": prefix},
+        auth={"keys": keys, "rate_limit_prefix": f"{prefix}:rl", "burst": 1000},
+    )
     two_ingress = {"Ingress": {"num_replicas": 2, "autoscaling_config": None}}
     serve.run(build_graph(settings, two_ingress), name="secured", route_prefix="/secured")
     base = f"{serve_http}/secured"
@@ -102,7 +107,9 @@ def test_no_tenant_receives_another_tenants_chunk(secured, key: str) -> None:
             stream = client.post(f"{base}/v1/query", json={"question": question, "stream": True}).text
             done = json.loads(stream.rsplit("event: done\ndata: ", 1)[1])
             seen |= files_of(done)
-            widened = client.post(f"{base}/v1/retrieve", json={"query": question, "filters": {"acl_tenant": {"$in": ["acme", "globex"]}}}).json()
+            widened = client.post(
+                f"{base}/v1/retrieve", json={"query": question, "filters": {"acl_tenant": {"$in": ["acme", "globex"]}}}
+            ).json()
             seen |= files_of(widened)
     assert seen == ALLOWED[key]
 
@@ -156,8 +163,14 @@ def test_serve_run_on_a_public_address_without_keys_refuses_to_start(tmp_path) -
     env.update(RAG_INDEX_DIR=str(tmp_path / "index"), PATH=f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     output = tmp_path / "serve-run.log"
     with output.open("w") as sink:
-        process = subprocess.Popen(["serve", "run", "-a", "local", str(tmp_path / "serve.yaml")], cwd=REPO_ROOT, env=env,
-                                   stdout=sink, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            ["serve", "run", "-a", "local", str(tmp_path / "serve.yaml")],
+            cwd=REPO_ROOT,
+            env=env,
+            stdout=sink,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     try:
         deadline = time.monotonic() + 180
         while "refusing to serve 0.0.0.0 without API keys" not in output.read_text() and time.monotonic() < deadline:

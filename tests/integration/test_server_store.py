@@ -33,9 +33,15 @@ def publish(index: VersionedIndex, model: EmbeddingModel, texts: dict[str, str])
     """A committed, current version of one chunk per file, and its completed-ingest audit record."""
     with index.lock():
         info = build_version(index, model, [(f"{name}.txt", 1, text, {}) for name, text in texts.items()])
-        index.record({"event": "ingest", "status": "completed", "finished_at": "2026-11-25T00:00:00+00:00",
-                      "summary": {"chunks_added": len(texts), "duration_s": 2.0},
-                      "files": [{"file": f"{name}.txt", "action": "added"} for name in texts]})
+        index.record(
+            {
+                "event": "ingest",
+                "status": "completed",
+                "finished_at": "2026-11-25T00:00:00+00:00",
+                "summary": {"chunks_added": len(texts), "duration_s": 2.0},
+                "files": [{"file": f"{name}.txt", "action": "added"} for name in texts],
+            }
+        )
     return info.version
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import csv
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -26,9 +26,7 @@ def read_pdf_manifest() -> list[dict[str, str]]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line(
-        "markers", "pdf_rows(where): run the test once per shared MANIFEST.tsv row for which where(row) is true"
-    )
+    config.addinivalue_line("markers", "pdf_rows(where): run the test once per shared MANIFEST.tsv row for which where(row) is true")
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -22,10 +22,20 @@ def build_version(index: VersionedIndex, model: EmbeddingModel, corpus: list[tup
         n = counts[file] = counts.get(file, -1) + 1
         rows.append(
             {
-                "chunk_id": f"{file}#{n}", "file": file, "page": page, "chunk_index": n, "char_start": 0,
-                "char_end": len(text), "text": text, "file_sha256": f"sha-{file}", "sidecar_sha256": "",
-                "file_size": 1000, "ingested_at": "2024-06-01T12:00:00+00:00", "index_version": builder.version,
-                "metadata": json.dumps(with_access(metadata)), "embedding": vector.tolist(),
+                "chunk_id": f"{file}#{n}",
+                "file": file,
+                "page": page,
+                "chunk_index": n,
+                "char_start": 0,
+                "char_end": len(text),
+                "text": text,
+                "file_sha256": f"sha-{file}",
+                "sidecar_sha256": "",
+                "file_size": 1000,
+                "ingested_at": "2024-06-01T12:00:00+00:00",
+                "index_version": builder.version,
+                "metadata": json.dumps(with_access(metadata)),
+                "embedding": vector.tolist(),
             }
         )
     table = pa.Table.from_pylist(rows, schema=chunk_schema(model.spec.dimension))

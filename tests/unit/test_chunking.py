@@ -17,6 +17,7 @@ from rag_core.parsing import ParsedSegment
 def page(number: int, text: str) -> ParsedSegment:
     return ParsedSegment(text, Location("page", number))
 
+
 WORDS = ["alpha", "beta", "gamma", "delta", "retrieval", "vector", "index", "a", "of", "the"]
 UNICODE_WORDS = ["café", "naïve", "日本語", "テキスト", "🙂", "🚀🚀", "Ωμέγα", "e\u0301", "ß", "\u00a0", "中文字符"]
 

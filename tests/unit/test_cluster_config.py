@@ -90,8 +90,13 @@ def test_ports_and_shared_store_addresses(cluster_config):
 
 def test_head_store_script_starts_chroma_and_redis(tmp_path):
     chroma_port, redis_port = free_port(), free_port()
-    env = {**os.environ, "RAG_DATA_DIR": str(tmp_path), "RAG_CHROMA_PORT": str(chroma_port),
-           "RAG_REDIS_PORT": str(redis_port), "RAG_SERVICES_BIND": "127.0.0.1"}
+    env = {
+        **os.environ,
+        "RAG_DATA_DIR": str(tmp_path),
+        "RAG_CHROMA_PORT": str(chroma_port),
+        "RAG_REDIS_PORT": str(redis_port),
+        "RAG_SERVICES_BIND": "127.0.0.1",
+    }
     script = str(REPO_ROOT / "scripts" / "cluster_services.sh")
     try:
         started = subprocess.run(["bash", script, "start"], env=env, capture_output=True, text=True, timeout=120)

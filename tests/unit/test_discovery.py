@@ -144,8 +144,14 @@ def test_valid_sidecar_sets_metadata_and_its_hash(source: Path) -> None:
     result = scan(source)
 
     report = found(result)["report.pdf"]
-    assert report.metadata == {"department": "legal", "year": 2024, "draft": False, "score": 0.5, "tags": ["a", "b"],
-                               **DEFAULT_ACCESS.chunk_metadata()}
+    assert report.metadata == {
+        "department": "legal",
+        "year": 2024,
+        "draft": False,
+        "score": 0.5,
+        "tags": ["a", "b"],
+        **DEFAULT_ACCESS.chunk_metadata(),
+    }
     assert report.sidecar_sha256 == access_fingerprint(hashlib.sha256(sidecar_bytes).hexdigest(), DEFAULT_ACCESS)
     assert report.fingerprint == FileFingerprint(hashlib.sha256(b"%PDF").hexdigest(), report.sidecar_sha256)
     # The sidecar is read with its document, never listed as a file of its own.
@@ -159,8 +165,10 @@ def test_access_comes_from_the_sidecar_over_the_first_matching_rule_over_the_def
     write(source / "hr/boss/review.txt.meta.json", json.dumps({"groups": ["managers"], "year": 2024}))
     rules = [AccessRule(prefix="hr/", tenant="acme", groups=["hr"]), AccessRule(prefix="eng", tenant="acme")]
     files = found(SourceScanner(EXTENSIONS, 10**6, rules, "shared").scan(source))
-    access = {path: (f.metadata["acl_tenant"], sorted(k for k, v in f.metadata.items() if k.startswith("acl_group__")), f.metadata["acl_open"])
-              for path, f in files.items()}
+    access = {
+        path: (f.metadata["acl_tenant"], sorted(k for k, v in f.metadata.items() if k.startswith("acl_group__")), f.metadata["acl_open"])
+        for path, f in files.items()
+    }
     assert access == {
         "hr/pay.txt": ("acme", ["acl_group__hr"], False),
         "hr/boss/review.txt": ("acme", ["acl_group__managers"], False),  # sidecar groups replace the rule's

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from rag_core.embedding import same_vector_space
 from rag_core.embedding import (
     BGE_QUERY_INSTRUCTION,
     BGE_SMALL,
@@ -24,6 +23,7 @@ from rag_core.embedding import (
     load_for_spec,
     packaged_minilm_path,
     query_prefix_for,
+    same_vector_space,
 )
 
 PACKAGED_SPEC = EmbeddingModelSpec(PACKAGED_MINILM, SOURCE_PACKAGE, 384, "")

@@ -3,7 +3,6 @@ structure and location kept, bad inputs refused with a reason."""
 
 from __future__ import annotations
 
-
 import pytest
 
 from rag_core.location import Location
@@ -144,7 +143,9 @@ def test_html_pre_keeps_its_layout() -> None:
 def test_epub_chapters_in_reading_order_under_the_book_title() -> None:
     document = parse("markitdown__test.epub")
     assert [s.location.heading for s in document.segments] == [
-        "Test EPUB Document > Chapter 1: Test Content", "Test EPUB Document > Chapter 2: More Content"]
+        "Test EPUB Document > Chapter 1: Test Content",
+        "Test EPUB Document > Chapter 2: More Content",
+    ]
     assert [s.location.page for s in document.segments] == sorted(s.location.page for s in document.segments)
 
 
@@ -180,7 +181,7 @@ def test_unsupported_extension_is_refused() -> None:
 
 
 def test_encoding_detection_prefers_declared_then_utf8_then_detection() -> None:
-    assert decode_text("naïve".encode("utf-8")) == ("naïve", "utf-8")
+    assert decode_text("naïve".encode()) == ("naïve", "utf-8")
     assert decode_text("naïve".encode("latin-1"), declared="iso-8859-1")[0] == "naïve"
     assert decode_text(b"\xef\xbb\xbfbom") == ("bom", "utf-8-sig")
 
@@ -194,7 +195,9 @@ def test_parser_signature_names_format_revision_and_library_version() -> None:
     assert "pdfplumber" not in parser_signature("a.pdf", pdf_tables=False)
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in DOCS.glob("*") if p.suffix in {".docx", ".pptx", ".xlsx", ".csv", ".html", ".htm", ".epub", ".odt"}))
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in DOCS.glob("*") if p.suffix in {".docx", ".pptx", ".xlsx", ".csv", ".html", ".htm", ".epub", ".odt"})
+)
 def test_every_good_shared_document_yields_located_text(name: str) -> None:
     import csv
 

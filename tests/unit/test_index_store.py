@@ -69,7 +69,9 @@ def chunk_rows(version: str, file: str, vectors: list[list[float]], metadata: di
     return pa.Table.from_pylist(rows, schema=chunk_schema(DIM))
 
 
-def build_version(index: VersionedIndex, files: dict[str, list[list[float]]], make_current: bool = True, metadata: dict | None = None) -> VersionInfo:
+def build_version(
+    index: VersionedIndex, files: dict[str, list[list[float]]], make_current: bool = True, metadata: dict | None = None
+) -> VersionInfo:
     builder = index.begin(SPEC, CHUNKING, parent=index.current_version())
     tables = [chunk_rows(builder.version, path, vectors, metadata) for path, vectors in files.items()]
     for table in tables:
@@ -287,9 +289,7 @@ def test_lock_held_by_another_process_is_busy(index: VersionedIndex) -> None:
             sys.stdin.readline()
         """
     )
-    process = subprocess.Popen(
-        [sys.executable, "-c", holder], cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
+    process = subprocess.Popen([sys.executable, "-c", holder], cwd=REPO_ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
     try:
         assert process.stdout.readline().strip() == "locked"
         with pytest.raises(IndexLockBusy, match="other process"):

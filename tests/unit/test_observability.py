@@ -15,8 +15,8 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 from fastapi.testclient import TestClient
-
 from index_builder import build_version
+
 from rag_core.embedding import EmbeddingModel
 from rag_core.index_store import VersionedIndex
 from rag_core.logs import JsonFormatter
@@ -26,15 +26,31 @@ from tests.conftest import REPO_ROOT
 from tests.unit.test_serve_api import CORPUS, clean_environment, settings_for
 
 MONITORING = REPO_ROOT / "configs" / "monitoring"
-QUERY_LOG_FIELDS = {"request_id", "question_chars", "tenant", "latency_ms", "stages_ms", "chunks_retrieved", "cached", "cache",
-                    "answer_chars", "sources", "mode", "index_version", "error"}
+QUERY_LOG_FIELDS = {
+    "request_id",
+    "question_chars",
+    "tenant",
+    "latency_ms",
+    "stages_ms",
+    "chunks_retrieved",
+    "cached",
+    "cache",
+    "answer_chars",
+    "sources",
+    "mode",
+    "index_version",
+    "error",
+}
 
 
 # -- faithfulness ---------------------------------------------------------------------------------
 
+
 def test_answer_sentences_drop_citations_and_fragments() -> None:
     assert answer_sentences("Employees get 25 days [1]. Yes. Requests need approval two weeks ahead [2, 3].") == [
-        "Employees get 25 days.", "Requests need approval two weeks ahead."]
+        "Employees get 25 days.",
+        "Requests need approval two weeks ahead.",
+    ]
 
 
 def test_supported_share_with_the_real_model() -> None:
@@ -47,6 +63,7 @@ def test_supported_share_with_the_real_model() -> None:
 
 
 # -- what a query records -------------------------------------------------------------------------
+
 
 class RecordingMetrics:
     def __init__(self) -> None:
@@ -129,14 +146,22 @@ def test_health_is_degraded_when_no_ingest_succeeded_for_too_long(observed_app) 
     client, _, index_dir = observed_app
     assert client.get("/health").json()["status"] == "healthy"
     finished = (datetime.now(timezone.utc) - timedelta(days=9)).isoformat()
-    VersionedIndex(index_dir).audit.append({"event": "ingest", "status": "completed", "finished_at": finished,
-                                           "summary": {"chunks_added": 7, "duration_s": 2.0}, "files": [{"file": "a", "action": "added"}]})
+    VersionedIndex(index_dir).audit.append(
+        {
+            "event": "ingest",
+            "status": "completed",
+            "finished_at": finished,
+            "summary": {"chunks_added": 7, "duration_s": 2.0},
+            "files": [{"file": "a", "action": "added"}],
+        }
+    )
     health = client.get("/health")
     assert health.status_code == 200 and health.json()["status"] == "degraded"
     assert any(reason.startswith("index stale") for reason in health.json()["reasons"])
 
 
 # -- alert rules and dashboard --------------------------------------------------------------------
+
 
 def promtool() -> str:
     found = shutil.which("promtool") or str(REPO_ROOT / ".venv/bin/promtool")

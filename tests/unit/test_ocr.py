@@ -146,7 +146,9 @@ def test_a_failing_or_hanging_tesseract_is_an_ocr_error(tmp_path: Path) -> None:
         failing.read(Image.new("L", (50, 50), 255))
 
     (tmp_path / "slow").mkdir()
-    hanging = TesseractOcr(languages=("eng",), tesseract_cmd=fake_tesseract(tmp_path / "slow", "exec sleep 10"), timeout_s=0.5, deskew=False)
+    hanging = TesseractOcr(
+        languages=("eng",), tesseract_cmd=fake_tesseract(tmp_path / "slow", "exec sleep 10"), timeout_s=0.5, deskew=False
+    )
     with pytest.raises(OcrError, match="longer than 0.5 s"):
         hanging.read(Image.new("L", (50, 50), 255))
 
@@ -230,8 +232,11 @@ def test_every_tiff_frame_is_a_page(tiff_frames, results) -> None:
 
 @pytest.mark.parametrize(
     ("name", "size", "mode"),
-    [("ocrmypdf__typewriter.png", (4000, 2864), "P"), ("unstructured__double-column-A.jpg", (1248, 1664), "RGB"),
-     ("unstructured__english-and-korean.png", (650, 814), "RGBA")],
+    [
+        ("ocrmypdf__typewriter.png", (4000, 2864), "P"),
+        ("unstructured__double-column-A.jpg", (1248, 1664), "RGB"),
+        ("unstructured__english-and-korean.png", (650, 814), "RGBA"),
+    ],
 )
 def test_png_and_jpeg_are_one_frame(docs, name: str, size: tuple[int, int], mode: str) -> None:
     frames = image_frames(docs(name))
@@ -294,9 +299,19 @@ def test_rendered_page_survives_its_document() -> None:
 # -- the question set for integration tests (tests/data/ocr_questions.json) -----------------------------
 def test_question_set_names_real_pages_and_words_ocr_recovers(shared_pdf_dir: Path, results) -> None:
     questions = json.loads((Path(__file__).parents[1] / "data" / "ocr_questions.json").read_text(encoding="utf-8"))
-    image_only = {"camelot__image.pdf", "ocrmypdf__c02-22.pdf", "ocrmypdf__linn.pdf", "ocrmypdf__skew.pdf", "ocrmypdf__cardinal.pdf",
-                  "ocrmypdf__francais.pdf", "docling__nemotron_multipage.pdf", "docling__ocr_test.pdf",
-                  "unstructured__loremipsum-flat.pdf", "unstructured__single_table.pdf", "unstructured__table-multi-row-column-cells.pdf"}
+    image_only = {
+        "camelot__image.pdf",
+        "ocrmypdf__c02-22.pdf",
+        "ocrmypdf__linn.pdf",
+        "ocrmypdf__skew.pdf",
+        "ocrmypdf__cardinal.pdf",
+        "ocrmypdf__francais.pdf",
+        "docling__nemotron_multipage.pdf",
+        "docling__ocr_test.pdf",
+        "unstructured__loremipsum-flat.pdf",
+        "unstructured__single_table.pdf",
+        "unstructured__table-multi-row-column-cells.pdf",
+    }
 
     assert image_only <= {q["file"] for q in questions}
     for q in questions:
@@ -304,8 +319,12 @@ def test_question_set_names_real_pages_and_words_ocr_recovers(shared_pdf_dir: Pa
         path = (shared_pdf_dir if q["file"].endswith(".pdf") else DOCS_DIR) / q["file"]
         assert path.is_file(), path
     # The pages this module reads anyway: their expected words are in what OCR returned.
-    read = {("ocrmypdf__francais.pdf", 1): "francais", ("ocrmypdf__typewriter.png", 1): "typewriter",
-            ("unstructured__english-and-korean.png", 1): "korean", ("docling__2206.01062.tif", 1): "tiff_frame_1"}
+    read = {
+        ("ocrmypdf__francais.pdf", 1): "francais",
+        ("ocrmypdf__typewriter.png", 1): "typewriter",
+        ("unstructured__english-and-korean.png", 1): "korean",
+        ("docling__2206.01062.tif", 1): "tiff_frame_1",
+    }
     checked = 0
     for q in questions:
         if (q["file"], q["page"]) in read:

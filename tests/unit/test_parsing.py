@@ -126,7 +126,7 @@ def test_whitespace_only_text_file_has_no_extractable_text(filename: str) -> Non
 
 # -- text files -------------------------------------------------------------------------------
 def test_utf8_txt_with_a_stray_byte_keeps_its_characters() -> None:
-    data = ("Le café est très chaud, déjà servi. " * 20).encode() + b"\xff" + " fin.".encode()
+    data = ("Le café est très chaud, déjà servi. " * 20).encode() + b"\xff" + b" fin."
     pages = DocumentParser().parse("notes.txt", data).segments
     assert len(pages) == 1 and pages[0].location == Location("page", 1)
     text = pages[0].text
@@ -135,7 +135,9 @@ def test_utf8_txt_with_a_stray_byte_keeps_its_characters() -> None:
 
 
 def test_markdown_sections_carry_their_heading_path_and_keep_the_text_verbatim() -> None:
-    markdown = "# Title\n\nSome *emphasis* and a [link](http://example.com).\n\n## Part\n\n- item 1\n- item 2\n\n```\n# not a heading\n```\n"
+    markdown = (
+        "# Title\n\nSome *emphasis* and a [link](http://example.com).\n\n## Part\n\n- item 1\n- item 2\n\n```\n# not a heading\n```\n"
+    )
     segments = DocumentParser().parse("README.md", markdown.encode()).segments
     assert [s.location.heading for s in segments] == ["Title", "Title > Part"]
     assert "".join(s.text for s in segments) == markdown
@@ -150,4 +152,3 @@ def test_binary_bytes_named_txt_are_refused_not_indexed_as_garbage() -> None:
     data = bytes(range(256)) * 40
     with pytest.raises(DocumentParseError, match="does not decode cleanly|unknown encoding"):
         DocumentParser().parse("blob.txt", data)
-

@@ -3,7 +3,7 @@ its column header; merged, stacked and header-less tables; the cheap gate; files
 
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import pytest
@@ -12,7 +12,7 @@ from rag_core.parsing.pdf_tables import looks_tabular, table_page_texts
 from tests.conftest import PDF_DIR
 
 
-@lru_cache(maxsize=None)
+@cache
 def _pages(name: str, pages: tuple[int, ...], password: str | None = None) -> dict[int, str]:
     path = PDF_DIR / name
     if not path.is_file():
@@ -75,10 +75,12 @@ def test_gate_takes_figure_rows_not_prose():
     table = "State 2010 2011 2012\nAlabama 1,204 1,311 1,402\nAlaska 301 299 310\nArizona 2,003 2,100 2,250\n"
     # Prose with a few numbers per line stays out; a line of prose that is a third figures would
     # pass, which costs only time (pdfplumber then finds no ruled table and pypdf's text stays).
-    prose = ("BLS projects that total employment in the United States will rise 20.5 million between\n"
-             "2010 and 2020, from about 143.1 million to a projected 163.5 million. The annual growth\n"
-             "rate of 1.3 percent reverses the 0.2-percent annual rate of decline that occurred during\n"
-             "the 2000-2010 period, in which 3.2 million jobs were lost.\n") * 3
+    prose = (
+        "BLS projects that total employment in the United States will rise 20.5 million between\n"
+        "2010 and 2020, from about 143.1 million to a projected 163.5 million. The annual growth\n"
+        "rate of 1.3 percent reverses the 0.2-percent annual rate of decline that occurred during\n"
+        "the 2000-2010 period, in which 3.2 million jobs were lost.\n"
+    ) * 3
     assert looks_tabular(table)
     assert not looks_tabular(prose)
     assert not looks_tabular("")

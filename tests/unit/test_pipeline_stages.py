@@ -25,9 +25,7 @@ CONFIG = ParseConfig(
     ingested_at="2024-06-01T12:00:00+00:00",
     index_version="v000007",
 )
-GOOD_TEXT = "\n\n".join(
-    f"Paragraph {i} talks about topic number {i}. " + "It has a few sentences of filler text. " * 4 for i in range(6)
-)
+GOOD_TEXT = "\n\n".join(f"Paragraph {i} talks about topic number {i}. " + "It has a few sentences of filler text. " * 4 for i in range(6))
 MALFORMED_PDF = "pdfminer__simple1.pdf"
 TEXT_PDF = "pypdf-samples__pdflatex-4-pages.pdf"
 ENCRYPTED_PDF, ENCRYPTED_PASSWORD = "pdfplumber__password-example.pdf", "test"
@@ -146,7 +144,11 @@ def test_configured_pdf_password_is_used(shared_pdf_dir: Path) -> None:
 
 
 def test_empty_batch_gives_an_empty_table() -> None:
-    out = ParseAndChunk(CONFIG)(pa.Table.from_pylist([], schema=pa.schema([("file", pa.string()), ("data", pa.binary()), ("sidecar_sha256", pa.string()), ("metadata", pa.string())])))
+    out = ParseAndChunk(CONFIG)(
+        pa.Table.from_pylist(
+            [], schema=pa.schema([("file", pa.string()), ("data", pa.binary()), ("sidecar_sha256", pa.string()), ("metadata", pa.string())])
+        )
+    )
     assert out.num_rows == 0 and out.schema == parsed_schema()
 
 

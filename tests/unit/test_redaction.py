@@ -36,26 +36,18 @@ SAMPLES = {
 # Lines of ../shared/data/pdfs as the parser returns them, which Presidio's stock recognizers
 # altered (issue: 650 phone numbers, 45 IP addresses and a card number in tables and section numbers).
 REAL_LINES = {
-    "crime table (camelot__12s0324.pdf)":
-        "Vagrancy . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . .  26,347  14,581  11,031  543  192 ",
-    "budget table (camelot__budget.pdf)":
-        "MINISTRY OF AGRICULTURE 28130.48 67.52 28198.00 2863.09 1.85 2864.94 31062.94  ",
-    "population table (camelot__population_growth.pdf)":
-        "States/Union Territories 1951-1961 1961-1971 1971-1981 1981-1991 1991-2001 2001-2011",
-    "IRS contents (unstructured__pdf2image-memory-error-test-400p.pdf)":
-        "2.3.59.1 Program Scope and Objectives\n2.3.59.1.1 Background\n2.3.59.1.2 Authority\n2.3.59.2 Command Code BMFOL Overview",
+    "crime table (camelot__12s0324.pdf)": "Vagrancy . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . . .  26,347  14,581  11,031  543  192 ",
+    "budget table (camelot__budget.pdf)": "MINISTRY OF AGRICULTURE 28130.48 67.52 28198.00 2863.09 1.85 2864.94 31062.94  ",
+    "population table (camelot__population_growth.pdf)": "States/Union Territories 1951-1961 1961-1971 1971-1981 1981-1991 1991-2001 2001-2011",
+    "IRS contents (unstructured__pdf2image-memory-error-test-400p.pdf)": "2.3.59.1 Program Scope and Objectives\n2.3.59.1.1 Background\n2.3.59.1.2 Authority\n2.3.59.2 Command Code BMFOL Overview",
     "IRS footer": "Cat. No. 28171E (12-12-2022) Internal Revenue Manual 2.3.59",
     "IRS cross-reference": "16 61-80 CDDB Trace ID (For explanation of this ﬁeld refer to IRM\n3.17.5.5.3",
     "IRS record layout": "16 44-60 Transaction DLN\n16 41 Form 944 EFTPS Indicator\n20 20-40 1231 Net Gains Adj",
-    "report section (camelot__us-040.pdf)":
-        "2.  This Report used a UF  of 1 and a UF  of 3 (see Section 5.4.11.2 for a discussion of UF ).AL L",
-    "NICS table (pdfplumber__nics-background-checks-2015-11.pdf)":
-        "Arizona 2,303 12,382 9,041 707 618 0 5 3 0 1,273 648 4 76 8 1 9 6 1 1 1 0 27,087",
+    "report section (camelot__us-040.pdf)": "2.  This Report used a UF  of 1 and a UF  of 3 (see Section 5.4.11.2 for a discussion of UF ).AL L",
+    "NICS table (pdfplumber__nics-background-checks-2015-11.pdf)": "Arizona 2,303 12,382 9,041 707 618 0 5 3 0 1,273 648 4 76 8 1 9 6 1 1 1 0 27,087",
     "airline table (pdfplumber__issue-53-example.pdf)": "FY2013 7,723,293 102.6 35,390,384 104.0 46,235,058 103.3 76.5",
-    "Census table (camelot__us-001.pdf)":
-        "Male .................. 17.9 0.4 17.6 0.4 –0.3 17.3 0.4 17.4 0.4 0.2",
-    "police case number (pdfplumber__san-jose-pd-firearm-sample.pdf)":
-        "1721                    Tag#:SJ3095-1         GO SJ 2012-122590518  WA-GR/GUN DESTRUCTION  ",
+    "Census table (camelot__us-001.pdf)": "Male .................. 17.9 0.4 17.6 0.4 –0.3 17.3 0.4 17.4 0.4 0.2",
+    "police case number (pdfplumber__san-jose-pd-firearm-sample.pdf)": "1721                    Tag#:SJ3095-1         GO SJ 2012-122590518  WA-GR/GUN DESTRUCTION  ",
 }
 
 
@@ -91,14 +83,17 @@ def test_off_keeps_the_text() -> None:
     assert PIIRedactor("off", ENTITIES).redact(text) == (text, {})
 
 
-@pytest.mark.parametrize("decoy", [
-    "Order 4111 1111 1111 1112 failed validation.",            # fails the Luhn check
-    "Invalid IBAN DE89 3704 0044 0532 0130 01 was rejected.",  # wrong check digits (and no card inside it)
-    "Employees receive 27 days of paid vacation per year.",
-    "Upgrade to version 2.14.1 before the 2024-03-15 deadline.",
-    "See section 4.10.12.3 of the manual for the appeal rules.",
-    "Call for papers closes 12-12-2022.",                      # a date, even after 'call'
-])
+@pytest.mark.parametrize(
+    "decoy",
+    [
+        "Order 4111 1111 1111 1112 failed validation.",  # fails the Luhn check
+        "Invalid IBAN DE89 3704 0044 0532 0130 01 was rejected.",  # wrong check digits (and no card inside it)
+        "Employees receive 27 days of paid vacation per year.",
+        "Upgrade to version 2.14.1 before the 2024-03-15 deadline.",
+        "See section 4.10.12.3 of the manual for the appeal rules.",
+        "Call for papers closes 12-12-2022.",  # a date, even after 'call'
+    ],
+)
 def test_numbers_that_are_not_pii_are_kept(redactor: PIIRedactor, decoy: str) -> None:
     assert redactor.redact(decoy) == (decoy, {})
 
@@ -110,8 +105,12 @@ def test_real_table_lines_and_section_numbers_are_kept(redactor: PIIRedactor, li
 
 @pytest.mark.parametrize("context", ["Phone", "Fax:", "call", "Card", "SSN", "IP"])
 def test_a_context_word_never_makes_a_table_row_pii(redactor: PIIRedactor, context: str) -> None:
-    for line in ("26,347  14,581  11,031  543  192", "28130.48 67.52 28198.00 2863.09 1.85 2864.94 31062.94",
-                 "2.3.59.1.5 Program Controls", "4,532  1,239  4,567  8,901"):
+    for line in (
+        "26,347  14,581  11,031  543  192",
+        "28130.48 67.52 28198.00 2863.09 1.85 2864.94 31062.94",
+        "2.3.59.1.5 Program Controls",
+        "4,532  1,239  4,567  8,901",
+    ):
         text = f"{context} {line}"
         assert redactor.redact(text) == (text, {})
 
@@ -123,27 +122,33 @@ def test_every_hard_negative_copied_from_the_real_pdfs_is_kept(redactor: PIIReda
     assert altered == []
 
 
-@pytest.mark.parametrize("with_context, without_context, kind", [
-    ("Text the duty manager: 415-555-0199.", "Batch 415-555-0199 shipped on time.", "PHONE_NUMBER"),
-    ("Login from 10.20.30.40 after three failures.", "Chapter 10.20.30.40 covers appeals.", "IP_ADDRESS"),
-    ("Amex on file: 378282246310005.", "Order 378282246310005 shipped.", "CREDIT_CARD"),
-    ("SSN: 536 22 8171 is on the W-4.", "Lot 536 22 8171 is on the list.", "US_SSN"),
-])
+@pytest.mark.parametrize(
+    "with_context, without_context, kind",
+    [
+        ("Text the duty manager: 415-555-0199.", "Batch 415-555-0199 shipped on time.", "PHONE_NUMBER"),
+        ("Login from 10.20.30.40 after three failures.", "Chapter 10.20.30.40 covers appeals.", "IP_ADDRESS"),
+        ("Amex on file: 378282246310005.", "Order 378282246310005 shipped.", "CREDIT_CARD"),
+        ("SSN: 536 22 8171 is on the W-4.", "Lot 536 22 8171 is on the list.", "US_SSN"),
+    ],
+)
 def test_ambiguous_formats_need_a_context_word(redactor: PIIRedactor, with_context: str, without_context: str, kind: str) -> None:
     assert redactor.redact(with_context)[1] == {kind: 1}
     assert redactor.redact(without_context) == (without_context, {})
 
 
-@pytest.mark.parametrize("text, kind", [
-    ("Our London office: +44 20 7946 0958.", "PHONE_NUMBER"),
-    ("A. Nicole Clowers, Managing Director, Congressional Relations, (202) 512-4400 ", "PHONE_NUMBER"),  # real (GAO)
-    ("Refund issued to 5500-0000-0000-0004 on March 3.", "CREDIT_CARD"),
-    ("Payroll lists 287-65-4321 as the contractor's social security number.", "US_SSN"),
-    ("The database primary listens on 192.168.10.24.", "IP_ADDRESS"),
-    ("Dutch subsidiary IBAN NL91ABNA0417164300 for invoices.", "IBAN_CODE"),
-    ("Suite 400 (212) 555-0187 is the front desk.", "PHONE_NUMBER"),  # a number before it, but in prose
-    ("Login from 203.0.113.77 3 times.", "IP_ADDRESS"),  # a number after it, but in prose
-])
+@pytest.mark.parametrize(
+    "text, kind",
+    [
+        ("Our London office: +44 20 7946 0958.", "PHONE_NUMBER"),
+        ("A. Nicole Clowers, Managing Director, Congressional Relations, (202) 512-4400 ", "PHONE_NUMBER"),  # real (GAO)
+        ("Refund issued to 5500-0000-0000-0004 on March 3.", "CREDIT_CARD"),
+        ("Payroll lists 287-65-4321 as the contractor's social security number.", "US_SSN"),
+        ("The database primary listens on 192.168.10.24.", "IP_ADDRESS"),
+        ("Dutch subsidiary IBAN NL91ABNA0417164300 for invoices.", "IBAN_CODE"),
+        ("Suite 400 (212) 555-0187 is the front desk.", "PHONE_NUMBER"),  # a number before it, but in prose
+        ("Login from 203.0.113.77 3 times.", "IP_ADDRESS"),  # a number after it, but in prose
+    ],
+)
 def test_unambiguous_formats_need_no_context(redactor: PIIRedactor, text: str, kind: str) -> None:
     assert redactor.redact(text)[1] == {kind: 1}
 

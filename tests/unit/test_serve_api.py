@@ -10,20 +10,35 @@ from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from index_builder import build_version
 
 from rag_core.embedding import EmbeddingModel
-from index_builder import build_version
 from rag_core.index_store import VersionedIndex, VersionInfo
 from rag_core.settings import load_settings
 from serve_app.local import create_local_app
 from serve_app.schemas import MAX_QUESTION_CHARS
 
 CORPUS = [
-    ("handbook/vacation-policy.md", 1, "Employees receive 25 vacation days per year. Unused vacation days can be carried over until March 31.", {"department": "hr"}),
-    ("handbook/vacation-policy.md", 2, "Vacation requests must be approved by your manager at least two weeks in advance.", {"department": "hr"}),
+    (
+        "handbook/vacation-policy.md",
+        1,
+        "Employees receive 25 vacation days per year. Unused vacation days can be carried over until March 31.",
+        {"department": "hr"},
+    ),
+    (
+        "handbook/vacation-policy.md",
+        2,
+        "Vacation requests must be approved by your manager at least two weeks in advance.",
+        {"department": "hr"},
+    ),
     ("it/security-faq.txt", 1, "Passwords must be at least 14 characters long and are rotated every 90 days.", {"department": "it"}),
     ("it/security-faq.txt", 2, "Report phishing emails to the security team with the Report button in Outlook.", {"department": "it"}),
-    ("finance/expenses.pdf", 3, "Travel expenses are reimbursed within 30 days when receipts are submitted through the finance portal.", {"department": "finance"}),
+    (
+        "finance/expenses.pdf",
+        3,
+        "Travel expenses are reimbursed within 30 days when receipts are submitted through the finance portal.",
+        {"department": "finance"},
+    ),
     ("office/kitchen.txt", 1, "The office kitchen is cleaned every Friday afternoon; please label your food in the refrigerator.", {}),
     ("office/parking.md", 1, "Bicycle parking is available in the basement garage next to the elevators.", {}),
 ]
@@ -95,8 +110,15 @@ def test_health_reports_the_served_index(served) -> None:
     assert response.status_code == 200
     health = response.json()
     assert set(health) >= {
-        "status", "chunks_indexed", "index_version", "embedding_model", "reranker", "generator",
-        "cache_connected", "last_indexed_at", "startup_time_seconds",
+        "status",
+        "chunks_indexed",
+        "index_version",
+        "embedding_model",
+        "reranker",
+        "generator",
+        "cache_connected",
+        "last_indexed_at",
+        "startup_time_seconds",
     }
     assert health["status"] == "healthy" and health["reasons"] == []
     assert health["chunks_indexed"] == len(CORPUS)
@@ -123,10 +145,22 @@ def test_retrieve_returns_results_best_first(client: TestClient, mode: str | Non
     assert 1 <= len(results) <= 3
     assert all(set(r) == {"file", "page", "location", "chunk_id", "score", "text"} and r["location"]["page"] == r["page"] for r in results)
     assert results[0] == {
-        "file": "it/security-faq.txt", "page": 1, "chunk_id": "it/security-faq.txt#0", "score": results[0]["score"],
+        "file": "it/security-faq.txt",
+        "page": 1,
+        "chunk_id": "it/security-faq.txt#0",
+        "score": results[0]["score"],
         "text": "Passwords must be at least 14 characters long and are rotated every 90 days.",
         # Chunks stored without a location (as before locations existed) are pages.
-        "location": {"kind": "page", "page": 1, "slide": None, "sheet": None, "rows": None, "heading": None, "ocr": False, "ocr_confidence": None},
+        "location": {
+            "kind": "page",
+            "page": 1,
+            "slide": None,
+            "sheet": None,
+            "rows": None,
+            "heading": None,
+            "ocr": False,
+            "ocr_confidence": None,
+        },
     }
     scores = [r["score"] for r in results]
     assert scores == sorted(scores, reverse=True)
@@ -148,7 +182,9 @@ def test_retrieve_honours_filters_top_k_and_the_fallback_reranker(client: TestCl
 
 # -- query ----------------------------------------------------------------------------------------
 def test_query_answers_extractively_with_sources_and_echoes_the_request_id(client: TestClient) -> None:
-    response = client.post("/v1/query", json={"question": "How many vacation days do employees receive?", "top_k": 3}, headers={"X-Request-ID": "req-42.a:b"})
+    response = client.post(
+        "/v1/query", json={"question": "How many vacation days do employees receive?", "top_k": 3}, headers={"X-Request-ID": "req-42.a:b"}
+    )
     assert response.status_code == 200, response.text
     data = response.json()
     assert data["mode"] == "extractive" and data["generator"] == "extractive"

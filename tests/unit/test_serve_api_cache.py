@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import pytest
 from fastapi.testclient import TestClient
-
 from index_builder import build_version
+
 from rag_core.index_store import VersionedIndex
 from serve_app.local import create_local_app
 from tests.redis_server import SHARED_REDIS_URL, shared_redis, unique_prefix

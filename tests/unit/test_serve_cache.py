@@ -12,17 +12,24 @@ import pytest
 from rag_core.settings import load_settings
 from serve_app.cache import (
     AnswerCache,
-    same_content_words,
     CacheScope,
     LocalCacheStore,
     RedisCacheStore,
     normalize_question,
     pipeline_identity,
+    same_content_words,
 )
 from serve_app.redis_conn import FailFastRedis, redis_from_settings
 from tests.redis_server import SHARED_REDIS_URL, PrivateRedis, shared_redis, unique_prefix
 
-RESPONSE = {"answer": "Twenty days [1].", "sources": [], "mode": "extractive", "index_version": "v000001", "reranker": None, "generator": "extractive"}
+RESPONSE = {
+    "answer": "Twenty days [1].",
+    "sources": [],
+    "mode": "extractive",
+    "index_version": "v000001",
+    "reranker": None,
+    "generator": "extractive",
+}
 
 
 def scope(**changes) -> CacheScope:
@@ -46,31 +53,44 @@ def near(vector: np.ndarray, cosine: float, seed: int = 0) -> np.ndarray:
 
 # -- pure logic -----------------------------------------------------------------------------------
 
+
 def test_questions_differing_in_case_space_or_final_punctuation_are_one_question() -> None:
     assert normalize_question("  How many  vacation days?  ") == normalize_question("how many vacation days") == "how many vacation days"
     assert normalize_question("ＨＯＷ many？") == "how many"  # full-width forms (NFKC)
     assert normalize_question("How many days?") != normalize_question("How many weeks?")
 
 
-@pytest.mark.parametrize("cached, asked", [
-    ("How many vacation days do employees receive?", "How many vacation days do the employees receive"),
-    ("How many vacation days do employees receive?", "Employees receive how many vacation days?"),
-    ("What is the largest city of Poland?", "Which is the largest city in Poland?"),
-    ("What type of circuit are AC and NC associated with?", "AC and NC are associated with what type of circuit?"),
-])
+@pytest.mark.parametrize(
+    "cached, asked",
+    [
+        ("How many vacation days do employees receive?", "How many vacation days do the employees receive"),
+        ("How many vacation days do employees receive?", "Employees receive how many vacation days?"),
+        ("What is the largest city of Poland?", "Which is the largest city in Poland?"),
+        ("What type of circuit are AC and NC associated with?", "AC and NC are associated with what type of circuit?"),
+    ],
+)
 def test_rephrasings_with_the_same_content_words_match(cached: str, asked: str) -> None:
     assert same_content_words(cached, asked)
 
 
-@pytest.mark.parametrize("cached, asked", [  # SQuAD 2.0 pairs whose answers differ, cosine >= 0.99
-    ("Who moved his court from Warsaw to Krakow in 1596?", "Who moved his court from Krakow to Warsaw in 1596?"),
-    ("How many days does the mayor have to override the Council's veto?", "How many days does the Council have to override the mayor's veto?"),
-    ("Who was the Uighur King of Qocho ranked below?", "Who was the Uighur King of Qocho ranked above?"),
-    ("What was Zia-ul-Haq's official state ideology?", "What was Zia-ul-Haq's non-official state ideology?"),
-    ("Which court argued that the Treaty of Rome did not prevent it?", "Which court did not argue that the Treaty of Rome did not prevent it?"),
-    ("Who defeated Montcalm at Quebec?", "Who was defeated by Montcalm at Quebec?"),
-    ("How many vacation days do employees receive?", "How many vacation days do employees get?"),
-])
+@pytest.mark.parametrize(
+    "cached, asked",
+    [  # SQuAD 2.0 pairs whose answers differ, cosine >= 0.99
+        ("Who moved his court from Warsaw to Krakow in 1596?", "Who moved his court from Krakow to Warsaw in 1596?"),
+        (
+            "How many days does the mayor have to override the Council's veto?",
+            "How many days does the Council have to override the mayor's veto?",
+        ),
+        ("Who was the Uighur King of Qocho ranked below?", "Who was the Uighur King of Qocho ranked above?"),
+        ("What was Zia-ul-Haq's official state ideology?", "What was Zia-ul-Haq's non-official state ideology?"),
+        (
+            "Which court argued that the Treaty of Rome did not prevent it?",
+            "Which court did not argue that the Treaty of Rome did not prevent it?",
+        ),
+        ("Who defeated Montcalm at Quebec?", "Who was defeated by Montcalm at Quebec?"),
+        ("How many vacation days do employees receive?", "How many vacation days do employees get?"),
+    ],
+)
 def test_changed_swapped_or_negated_words_do_not_match(cached: str, asked: str) -> None:
     assert not same_content_words(cached, asked)
 
@@ -96,6 +116,7 @@ def test_pipeline_identity_follows_generator_and_retrieval_settings(clean_rag_en
 
 
 # -- both stores ----------------------------------------------------------------------------------
+
 
 @pytest.fixture(params=["redis", "local"])
 def cache(request):
@@ -130,9 +151,11 @@ def test_semantic_hit_at_or_above_the_threshold_only(cache: AnswerCache) -> None
 
     async def scenario():
         await cache.store_response(scope(), "original question", stored, RESPONSE)
-        return (await cache.lookup_semantic(scope(), "the original question", near(stored, 0.93)),
-                await cache.lookup_semantic(scope(), "the original question", near(stored, 0.85)),
-                await cache.lookup_semantic(scope(), "another question", stored))
+        return (
+            await cache.lookup_semantic(scope(), "the original question", near(stored, 0.93)),
+            await cache.lookup_semantic(scope(), "the original question", near(stored, 0.85)),
+            await cache.lookup_semantic(scope(), "another question", stored),
+        )
 
     close, far, other_words = run(scenario())
     assert close is not None and close.kind == "semantic" and close.response == RESPONSE
@@ -141,18 +164,27 @@ def test_semantic_hit_at_or_above_the_threshold_only(cache: AnswerCache) -> None
     assert other_words is None  # identical embedding, different content words: no hit
 
 
-
-@pytest.mark.parametrize("other", [
-    {"access": "tenant-b"}, {"filters": {"file": {"$eq": "other.pdf"}}}, {"top_k": 3},
-    {"index_version": "v000002"}, {"pipeline": "another-generator"},
-], ids=["access", "filters", "top_k", "version", "pipeline"])
+@pytest.mark.parametrize(
+    "other",
+    [
+        {"access": "tenant-b"},
+        {"filters": {"file": {"$eq": "other.pdf"}}},
+        {"top_k": 3},
+        {"index_version": "v000002"},
+        {"pipeline": "another-generator"},
+    ],
+    ids=["access", "filters", "top_k", "version", "pipeline"],
+)
 def test_no_hit_across_scopes_filters_versions_or_pipelines(cache: AnswerCache, other: dict) -> None:
     vector = unit(np.random.default_rng(2).normal(size=384))
 
     async def scenario():
         await cache.store_response(scope(), "q", vector, RESPONSE)
-        return (await cache.lookup_exact(scope(**other), "q"), await cache.lookup_semantic(scope(**other), "q", vector),
-                await cache.lookup_exact(scope(), "q"))
+        return (
+            await cache.lookup_exact(scope(**other), "q"),
+            await cache.lookup_semantic(scope(**other), "q", vector),
+            await cache.lookup_exact(scope(), "q"),
+        )
 
     exact, semantic, same_scope = run(scenario())
     assert exact is None and semantic is None
@@ -199,7 +231,7 @@ def test_entries_expire_after_the_ttl(clean_rag_env) -> None:
     for store in (RedisCacheStore(FailFastRedis(SHARED_REDIS_URL)), LocalCacheStore(ttl_s=1)):
         cache = AnswerCache(store, ttl_s=1, key_prefix=prefix)
 
-        async def scenario():
+        async def scenario(cache=cache):
             await cache.store_response(scope(), "q", unit(np.ones(8)), RESPONSE)
             fresh = await cache.lookup_exact(scope(), "q")
             await asyncio.sleep(1.6)
@@ -218,6 +250,7 @@ def test_cache_from_settings_picks_redis_or_the_in_process_store(clean_rag_env) 
 
 
 # -- Redis: pooling and failure -------------------------------------------------------------------
+
 
 def test_many_requests_share_the_pooled_connections(tmp_path) -> None:
     server = PrivateRedis(tmp_path).start()
@@ -269,7 +302,9 @@ def test_redis_down_fails_open_fast_and_reconnects_by_itself(tmp_path) -> None:
 
 def test_an_unroutable_redis_costs_one_short_timeout_then_is_skipped() -> None:
     # 10.255.255.1 drops packets: connecting hangs until the socket timeout.
-    cache = AnswerCache(RedisCacheStore(FailFastRedis("redis://10.255.255.1:6379/0", socket_timeout_s=0.05, retry_after_s=5)), key_prefix=unique_prefix())
+    cache = AnswerCache(
+        RedisCacheStore(FailFastRedis("redis://10.255.255.1:6379/0", socket_timeout_s=0.05, retry_after_s=5)), key_prefix=unique_prefix()
+    )
 
     async def scenario():
         timings = []

@@ -195,7 +195,12 @@ PARITY_FILTERS = [
     {"$or": [{"department": {"$ne": "hr"}}, {"reviewed": False}]},
     {"$and": [{"department": {"$nin": ["finance"]}}, {"page": {"$in": [1, 2]}}]},
     {"$and": [{"department": "hr"}]},
-    {"$or": [{"$and": [{"department": "hr"}, {"year": {"$ne": 2024}}]}, {"$and": [{"file": "office/parking.md"}, {"reviewed": {"$nin": [True]}}]}]},
+    {
+        "$or": [
+            {"$and": [{"department": "hr"}, {"year": {"$ne": 2024}}]},
+            {"$and": [{"file": "office/parking.md"}, {"reviewed": {"$nin": [True]}}]},
+        ]
+    },
     nested(MAX_DEPTH),
 ]
 
@@ -215,10 +220,20 @@ def collection(tmp_path_factory: pytest.TempPathFactory):
         n = counts[file] = counts.get(file, -1) + 1
         rows.append(
             {
-                "chunk_id": f"{file}#{n}", "file": file, "page": page, "chunk_index": n, "char_start": 0, "char_end": 10,
-                "text": f"chunk {i}", "file_sha256": f"sha-{file}", "sidecar_sha256": "", "file_size": 10,
-                "ingested_at": "2024-06-01T12:00:00+00:00", "index_version": builder.version,
-                "metadata": json.dumps(metadata), "embedding": synthetic_vector(i),
+                "chunk_id": f"{file}#{n}",
+                "file": file,
+                "page": page,
+                "chunk_index": n,
+                "char_start": 0,
+                "char_end": 10,
+                "text": f"chunk {i}",
+                "file_sha256": f"sha-{file}",
+                "sidecar_sha256": "",
+                "file_size": 10,
+                "ingested_at": "2024-06-01T12:00:00+00:00",
+                "index_version": builder.version,
+                "metadata": json.dumps(metadata),
+                "embedding": synthetic_vector(i),
             }
         )
     table = pa.Table.from_pylist(rows, schema=chunk_schema(DIM))

@@ -100,7 +100,12 @@ def test_rerank_orders_by_the_cross_encoder_scores(reranker: Reranker, cross_enc
     by_text = {c.text: c for c in worst_first}
     for chunk in reranked:  # only the score changes
         original = by_text[chunk.text]
-        assert (chunk.chunk_id, chunk.file, chunk.page, chunk.metadata) == (original.chunk_id, original.file, original.page, original.metadata)
+        assert (chunk.chunk_id, chunk.file, chunk.page, chunk.metadata) == (
+            original.chunk_id,
+            original.file,
+            original.page,
+            original.metadata,
+        )
     assert len(reranker.rerank(QUERY, worst_first, top_k=100)) == len(TEXTS)
 
 

@@ -8,11 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from index_builder import build_version
 
 from rag_core.embedding import EmbeddingModel
 from rag_core.index_store import VersionedIndex
 from rag_core.settings import RetrievalSettings
-from index_builder import build_version
 from serve_app.filters import normalize_filter
 from serve_app.retrieval import (
     HybridRetriever,
@@ -26,12 +26,32 @@ from serve_app.retrieval import (
 
 # (file, page, text, sidecar metadata); "department" is missing on the office/* chunks.
 CORPUS = [
-    ("handbook/vacation-policy.md", 1, "Employees receive 25 vacation days per year. Unused vacation days can be carried over until March 31 of the following year.", {"department": "hr"}),
-    ("handbook/vacation-policy.md", 2, "Vacation requests must be approved by your manager at least two weeks in advance.", {"department": "hr"}),
-    ("handbook/vacation-summary.md", 1, "Every employee receives 25 vacation days per year, and unused days carry over until March 31.", {"department": "hr"}),
+    (
+        "handbook/vacation-policy.md",
+        1,
+        "Employees receive 25 vacation days per year. Unused vacation days can be carried over until March 31 of the following year.",
+        {"department": "hr"},
+    ),
+    (
+        "handbook/vacation-policy.md",
+        2,
+        "Vacation requests must be approved by your manager at least two weeks in advance.",
+        {"department": "hr"},
+    ),
+    (
+        "handbook/vacation-summary.md",
+        1,
+        "Every employee receives 25 vacation days per year, and unused days carry over until March 31.",
+        {"department": "hr"},
+    ),
     ("it/security-faq.txt", 1, "Passwords must be at least 14 characters long and are rotated every 90 days.", {"department": "it"}),
     ("it/security-faq.txt", 2, "Report phishing emails to the security team with the Report button in Outlook.", {"department": "it"}),
-    ("finance/expenses.pdf", 3, "Travel expenses are reimbursed within 30 days when receipts are submitted through the finance portal.", {"department": "finance"}),
+    (
+        "finance/expenses.pdf",
+        3,
+        "Travel expenses are reimbursed within 30 days when receipts are submitted through the finance portal.",
+        {"department": "finance"},
+    ),
     ("office/kitchen.txt", 1, "The office kitchen is cleaned every Friday afternoon; please label your food in the refrigerator.", {}),
     ("office/parking.md", 1, "Bicycle parking is available in the basement garage next to the elevators.", {}),
     ("it/laptops.md", 1, "Lost or stolen laptops must be reported to the IT helpdesk within 24 hours.", {"department": "it"}),
@@ -207,7 +227,9 @@ def test_bm25_mask_excludes_texts_and_k_limits(lexical: LexicalIndex) -> None:
 # -- HybridRetriever on a real index --------------------------------------------------------------
 @pytest.mark.parametrize("mode", ["dense", "lexical", "hybrid"])
 @pytest.mark.parametrize(("query", "expected"), CLEAR_QUERIES, ids=[e for _, e in CLEAR_QUERIES])
-def test_each_mode_puts_the_answering_chunk_first(served: HybridRetriever, model: EmbeddingModel, query: str, expected: str, mode: str) -> None:
+def test_each_mode_puts_the_answering_chunk_first(
+    served: HybridRetriever, model: EmbeddingModel, query: str, expected: str, mode: str
+) -> None:
     chunks, info = served.retrieve(query, query_vector(model, query), top_k=3, mode=mode)
     assert chunks[0].chunk_id == expected
     assert info.version == "v000001"
@@ -228,7 +250,9 @@ def test_dense_scores_are_cosine_similarities(served: HybridRetriever, model: Em
 
 
 @pytest.mark.parametrize(("query", "expected"), CLEAR_QUERIES, ids=[e for _, e in CLEAR_QUERIES])
-def test_hybrid_with_rrf_puts_the_answering_chunk_first(served_rrf: HybridRetriever, model: EmbeddingModel, query: str, expected: str) -> None:
+def test_hybrid_with_rrf_puts_the_answering_chunk_first(
+    served_rrf: HybridRetriever, model: EmbeddingModel, query: str, expected: str
+) -> None:
     chunks, _ = served_rrf.retrieve(query, query_vector(model, query), top_k=3, mode="hybrid")
     assert chunks[0].chunk_id == expected
     assert [c.score for c in chunks] == sorted((c.score for c in chunks), reverse=True)
@@ -269,10 +293,20 @@ FILTERS = [
     # $ne also selects the chunks without a department (as Chroma does).
     (
         {"department": {"$ne": "hr"}},
-        {"it/security-faq.txt#0", "it/security-faq.txt#1", "it/laptops.md#0", "finance/expenses.pdf#0", "office/kitchen.txt#0", "office/parking.md#0"},
+        {
+            "it/security-faq.txt#0",
+            "it/security-faq.txt#1",
+            "it/laptops.md#0",
+            "finance/expenses.pdf#0",
+            "office/kitchen.txt#0",
+            "office/parking.md#0",
+        },
     ),
     ({"file": {"$in": ["office/kitchen.txt", "handbook/vacation-summary.md"]}}, {"office/kitchen.txt#0", "handbook/vacation-summary.md#0"}),
-    ({"$or": [{"department": "finance"}, {"page": 2}]}, {"finance/expenses.pdf#0", "handbook/vacation-policy.md#1", "it/security-faq.txt#1"}),
+    (
+        {"$or": [{"department": "finance"}, {"page": 2}]},
+        {"finance/expenses.pdf#0", "handbook/vacation-policy.md#1", "it/security-faq.txt#1"},
+    ),
 ]
 
 

@@ -7,8 +7,8 @@ import json
 
 import pytest
 from fastapi.testclient import TestClient
-
 from index_builder import build_version
+
 from rag_core.index_store import VersionedIndex
 from serve_app import auth as auth_cli
 from serve_app.auth import InsecureConfiguration, hash_key, is_loopback
@@ -53,9 +53,15 @@ def make_app(tmp_path, model, monkeypatch):
         prefix = unique_prefix("sec")
         prefixes.append(prefix)
         auth = {"keys": key_settings(), "rate_limit_enabled": False, "rate_limit_prefix": f"{prefix}:rl", **overrides.pop("auth", {})}
-        settings = settings.model_validate({**settings.model_dump(), "redis_url": SHARED_REDIS_URL,
-                                            "cache": {**settings.cache.model_dump(), "key_prefix": prefix},
-                                            "auth": auth, **overrides})
+        settings = settings.model_validate(
+            {
+                **settings.model_dump(),
+                "redis_url": SHARED_REDIS_URL,
+                "cache": {**settings.cache.model_dump(), "key_prefix": prefix},
+                "auth": auth,
+                **overrides,
+            }
+        )
         client = TestClient(create_local_app(settings), raise_server_exceptions=False)
         clients.append(client.__enter__())
         return client
@@ -74,6 +80,7 @@ def files_of(body: dict) -> set[str]:
 
 
 # -- API keys -------------------------------------------------------------------------------------
+
 
 def test_requests_without_a_valid_key_are_401_json(make_app) -> None:
     client = make_app()
@@ -107,7 +114,11 @@ def test_the_keys_cli_prints_a_key_whose_hash_is_in_the_config_entry(capsys) -> 
 
 # -- secure by default ----------------------------------------------------------------------------
 
-@pytest.mark.parametrize("host, loopback", [("127.0.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False), ("10.0.0.5", False), ("example.org", False)])
+
+@pytest.mark.parametrize(
+    "host, loopback",
+    [("127.0.0.1", True), ("::1", True), ("localhost", True), ("0.0.0.0", False), ("10.0.0.5", False), ("example.org", False)],
+)
 def test_loopback_addresses(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
 
@@ -131,11 +142,14 @@ def test_the_loopback_demo_without_keys_is_anonymous_in_the_default_tenant(make_
 QUESTIONS = ["How many vacation days do employees receive?", "What are the salary bands?", "Where is parking?"]
 
 
-@pytest.mark.parametrize("key, allowed", [
-    ("acme-staff", {"acme/vacation.md"}),
-    ("acme-hr", {"acme/vacation.md", "acme/hr/salaries.md"}),
-    ("globex-staff", {"globex/vacation.md", "globex/parking.md"}),
-])
+@pytest.mark.parametrize(
+    "key, allowed",
+    [
+        ("acme-staff", {"acme/vacation.md"}),
+        ("acme-hr", {"acme/vacation.md", "acme/hr/salaries.md"}),
+        ("globex-staff", {"globex/vacation.md", "globex/parking.md"}),
+    ],
+)
 def test_no_caller_ever_receives_a_chunk_outside_its_access(make_app, key: str, allowed: set[str]) -> None:
     client = make_app()
     seen: set[str] = set()
@@ -152,10 +166,18 @@ def test_no_caller_ever_receives_a_chunk_outside_its_access(make_app, key: str, 
 
 def test_a_client_filter_narrows_but_never_widens_access(make_app) -> None:
     client = make_app()
-    for where in ({"acl_tenant": "acme"}, {"$or": [{"acl_tenant": "acme"}, {"acl_open": True}]}, {"file": {"$in": ["acme/vacation.md", "globex/vacation.md"]}}):
-        body = client.post("/v1/retrieve", json={"query": "vacation days salary", "top_k": 10, "filters": where}, headers=bearer("globex-staff")).json()
+    for where in (
+        {"acl_tenant": "acme"},
+        {"$or": [{"acl_tenant": "acme"}, {"acl_open": True}]},
+        {"file": {"$in": ["acme/vacation.md", "globex/vacation.md"]}},
+    ):
+        body = client.post(
+            "/v1/retrieve", json={"query": "vacation days salary", "top_k": 10, "filters": where}, headers=bearer("globex-staff")
+        ).json()
         assert not any(f.startswith("acme/") for f in files_of(body)), (where, body)
-    narrowed = client.post("/v1/retrieve", json={"query": "employees", "filters": {"file": "globex/parking.md"}}, headers=bearer("globex-staff")).json()
+    narrowed = client.post(
+        "/v1/retrieve", json={"query": "employees", "filters": {"file": "globex/parking.md"}}, headers=bearer("globex-staff")
+    ).json()
     assert files_of(narrowed) == {"globex/parking.md"}
 
 
@@ -175,6 +197,7 @@ def test_cached_answers_never_cross_tenants_or_groups(make_app) -> None:
 
 # -- rate limits ----------------------------------------------------------------------------------
 
+
 def test_a_key_over_its_rate_gets_429_with_retry_after(make_app) -> None:
     client = make_app(auth={"keys": key_settings(rate_per_minute=6, burst=3), "rate_limit_enabled": True})
     statuses = [client.post("/v1/retrieve", json={"query": "vacation"}, headers=bearer("acme-staff")).status_code for _ in range(5)]
@@ -189,17 +212,22 @@ def test_replicas_share_one_bucket_in_redis(make_app) -> None:
     first = make_app(auth={"keys": key_settings(rate_per_minute=6, burst=4), "rate_limit_enabled": True})
     prefix = first.app.state.rate_limiter.key_prefix
     second = make_app(auth={"keys": key_settings(rate_per_minute=6, burst=4), "rate_limit_enabled": True, "rate_limit_prefix": prefix})
-    statuses = [(first if i % 2 else second).post("/v1/retrieve", json={"query": "x"}, headers=bearer("acme-hr")).status_code for i in range(6)]
+    statuses = [
+        (first if i % 2 else second).post("/v1/retrieve", json={"query": "x"}, headers=bearer("acme-hr")).status_code for i in range(6)
+    ]
     assert statuses.count(200) == 4 and statuses.count(429) == 2
 
 
 def test_without_redis_each_replica_still_limits(make_app) -> None:
-    client = make_app(redis_url="redis://127.0.0.1:1/0", auth={"keys": key_settings(rate_per_minute=6, burst=2), "rate_limit_enabled": True})
+    client = make_app(
+        redis_url="redis://127.0.0.1:1/0", auth={"keys": key_settings(rate_per_minute=6, burst=2), "rate_limit_enabled": True}
+    )
     statuses = [client.post("/v1/retrieve", json={"query": "x"}, headers=bearer("acme-staff")).status_code for _ in range(4)]
     assert statuses == [200, 200, 429, 429]
 
 
 # -- admin and CORS -------------------------------------------------------------------------------
+
 
 def test_cache_purge_needs_an_admin_key(make_app) -> None:
     client = make_app()

@@ -65,7 +65,9 @@ def test_defaults_without_any_file_or_environment(clean_rag_env: Path, monkeypat
     assert settings.chunking.chunk_size == 512
     assert settings.chunking.chunk_overlap == 64
     assert settings.chunking.separators == ["\n\n", "\n", ". ", " ", ""]
-    assert {".pdf", ".txt", ".md", ".docx", ".pptx", ".xlsx", ".csv", ".html", ".epub", ".odt", ".png", ".jpg", ".tif"} <= set(settings.ingest.extensions)
+    assert {".pdf", ".txt", ".md", ".docx", ".pptx", ".xlsx", ".csv", ".html", ".epub", ".odt", ".png", ".jpg", ".tif"} <= set(
+        settings.ingest.extensions
+    )
     assert settings.ingest.max_file_mb == 50.0
     assert settings.ingest.passwords == []
     assert settings.ingest.ocr.enabled and settings.ingest.ocr.languages == ["eng", "fra", "nld", "kor"]
@@ -207,6 +209,6 @@ def test_older_password_name_in_the_environment_adds_to_the_file_setting(clean_r
     # configs/rag.yaml sets `passwords: []`; a deployment that still exports the older variable
     # must not lose its passwords to the file's empty list.
     config = clean_rag_env / "rag.yaml"
-    config.write_text("ingest:\n  passwords: [\"from-file\"]\n")
+    config.write_text('ingest:\n  passwords: ["from-file"]\n')
     monkeypatch.setenv("RAG_INGEST__PDF_PASSWORDS", '["from-env", "from-file"]')
     assert [p.get_secret_value() for p in load_settings(config).ingest.passwords] == ["from-file", "from-env"]
