@@ -22,6 +22,7 @@ from rag_core.embedding import load_for_spec  # noqa: E402
 from rag_core.index_store import VersionedIndex  # noqa: E402
 from rag_core.settings import load_settings  # noqa: E402
 from serve_app.retrieval import HybridRetriever, convex_fusion, reciprocal_rank_fusion  # noqa: E402
+from serve_app.retrieval_request import RetrievalRequest
 
 
 def main() -> None:
@@ -51,8 +52,16 @@ def main() -> None:
     depth = 200
     dense, lexical, dense_scored, lexical_scored = {}, {}, {}, {}
     for query_id, text in queries.items():
-        dense_scored[query_id] = [(c.chunk_id, c.score) for c in retriever.retrieve(text, vectors[query_id], depth, mode="dense")[0]]
-        lexical_scored[query_id] = [(c.chunk_id, c.score) for c in retriever.retrieve(text, None, depth, mode="lexical")[0]]
+        dense_scored[query_id] = [
+            (c.chunk_id, c.score)
+            for c in retriever.retrieve(
+                RetrievalRequest.resolve(retriever.settings, query=text, vector=vectors[query_id], top_k=depth, mode="dense")
+            )[0]
+        ]
+        lexical_scored[query_id] = [
+            (c.chunk_id, c.score)
+            for c in retriever.retrieve(RetrievalRequest.resolve(retriever.settings, query=text, top_k=depth, mode="lexical"))[0]
+        ]
         dense[query_id] = [cid for cid, _ in dense_scored[query_id]]
         lexical[query_id] = [cid for cid, _ in lexical_scored[query_id]]
     snapshot = retriever.snapshot

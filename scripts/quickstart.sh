@@ -55,7 +55,8 @@ done
 curl -s http://127.0.0.1:8000/health; echo
 # The first answer (extractive by default: no LLM is needed).
 curl -s http://127.0.0.1:8000/v1/query -H 'content-type: application/json' \
-     -d '{"question": "How many vacation days do employees get?", "top_k": 3}' | python -m json.tool | head -20
+     -d '{"question": "How many vacation days do employees get?", "top_k": 3}' \
+  | python -c 'import json, sys; r = json.load(sys.stdin); print(r["answer"]); [print(" -", s["file"], s["location"]["kind"], s["page"]) for s in r["sources"]]'
 cat <<'EXAMPLE'
 
 The service answers on http://127.0.0.1:8000. Try:

@@ -11,8 +11,7 @@ if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv
 fi
 . .venv/bin/activate
-python -m pip install --quiet --upgrade pip
 # shellcheck disable=SC2086
-python -m pip install --quiet ${TORCH_SPEC:-torch==2.13.0}
-python -m pip install --quiet -e .
+bash scripts/install.sh ${TORCH_SPEC:-torch==2.13.0}
+bash scripts/install.sh -e .
 python -c "import torch, ray, chromadb, sentence_transformers; print(f'torch {torch.__version__}, ray {ray.__version__}, chromadb {chromadb.__version__}, sentence-transformers {sentence_transformers.__version__}')"

@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-python -m pip install --quiet -e ".[test]"
+bash scripts/install.sh -e ".[test]"
 bash scripts/setup_llm.sh

@@ -29,7 +29,7 @@ from serve_app.schemas import (
     RetrieveRequest,
     RetrieveResponse,
 )
-from serve_app.service import ServiceUnavailable
+from serve_app.stages import ServiceUnavailable
 
 log = logging.getLogger("serve_app.api")
 

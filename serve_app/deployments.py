@@ -7,13 +7,11 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 from ray import serve
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from rag_core.index_reader import RetrievedChunk
 from rag_core.index_store import VersionedIndex
@@ -26,8 +24,10 @@ from serve_app.metrics import RayIndexMetrics, RayQueryMetrics
 from serve_app.rate_limit import RateLimiter
 from serve_app.redis_conn import redis_from_settings
 from serve_app.reranking import Reranker
-from serve_app.retrieval import HybridRetriever, IndexUnavailable, ModelMismatch
-from serve_app.service import QueryService, ServiceUnavailable
+from serve_app.retrieval import HybridRetriever
+from serve_app.retrieval_request import RetrievalRequest
+from serve_app.service import QueryService
+from serve_app.stages import Stages
 
 log = logging.getLogger("serve_app.deployments")
 
@@ -76,16 +76,9 @@ class RetrieverDeployment:
         if not self.retriever.maybe_reload():
             log.error("no index to serve yet", extra={"fields": {"error": self.retriever.last_error}})
         self.startup_s = time.monotonic() - started
-        self._interval = settings.retrieval.reload_check_interval_s
         self.metrics = RayIndexMetrics()
         self._observe()
-        threading.Thread(target=self._follow_pointer, name="index-reload", daemon=True).start()
-
-    def _follow_pointer(self) -> None:
-        while True:  # a new version is loaded beside the old one and swapped in atomically
-            time.sleep(self._interval)
-            self.retriever.maybe_reload()
-            self._observe()
+        self.retriever.follow_pointer(settings.retrieval.reload_check_interval_s, after_check=self._observe)
 
     def _observe(self) -> None:
         try:
@@ -93,18 +86,8 @@ class RetrieverDeployment:
         except Exception as exc:  # metrics must never stop the pointer from being followed
             log.warning("index metrics not updated", extra={"fields": {"error": str(exc)[:200]}})
 
-    async def retrieve(
-        self,
-        query: str,
-        vector: list[float] | None,
-        model: str | None,
-        top_k: int,
-        where: dict | None,
-        mode: str,
-        mmr: bool | None,
-        access: dict | None,
-    ) -> tuple[list[RetrievedChunk], str]:
-        chunks, info = await asyncio.to_thread(self.retriever.retrieve, query, vector, top_k, where, mode, mmr, model, access)
+    async def retrieve(self, request: RetrievalRequest) -> tuple[list[RetrievedChunk], str]:
+        chunks, info = await asyncio.to_thread(self.retriever.retrieve, request)
         return chunks, info.version
 
     def status(self) -> dict[str, Any]:
@@ -128,12 +111,7 @@ class RerankerDeployment:
         return [(chunks, self.reranker.name) for chunks in ranked]
 
     def status(self) -> dict[str, Any]:
-        return {
-            "name": self.reranker.name,
-            "fallback": self.reranker.is_fallback,
-            "reason": self.reranker.fallback_reason,
-            "startup_s": self.startup_s,
-        }
+        return {**self.reranker.status(), "startup_s": self.startup_s}
 
 
 @serve.deployment(name="Generator", ray_actor_options=SMALL, autoscaling_config=AUTOSCALE, max_ongoing_requests=16, max_queued_requests=128)
@@ -151,68 +129,33 @@ class GeneratorDeployment:
         yield from self.generator.stream(question, chunks)
 
     def status(self) -> dict[str, Any]:
-        return {"name": self.generator.name, "last_error": self.generator.last_llm_error, "startup_s": self.startup_s}
+        return {**self.generator.status(), "startup_s": self.startup_s}
 
 
-class ServeStages:
-    """Stages reached through DeploymentHandles; replica errors become 503s, never 5xx traces."""
+class ServeStages(Stages):
+    """The stages reached through DeploymentHandles."""
 
     def __init__(self, embedder: Any, retriever: Any, reranker: Any, generator: Any):
-        self.embedder, self.retriever, self.reranker, self.generator = embedder, retriever, reranker, generator
+        self.handles = {"embedder": embedder, "retriever": retriever, "reranker": reranker, "generator": generator}
 
-    async def _call(self, response: Any) -> Any:
-        try:
-            return await response
-        except (BackPressureError, DeploymentUnavailableError) as exc:
-            raise ServiceUnavailable(f"overloaded, retry shortly ({type(exc).__name__})", retry_after_s=1, load_shed=True) from None
-        except IndexUnavailable as exc:
-            raise ServiceUnavailable(f"index not available: {exc}", retry_after_s=5) from None
+    async def _call_embed(self, text: str) -> tuple[list[float], str]:
+        return await self.handles["embedder"].embed.remote(text)
 
-    async def embed(self, text: str) -> tuple[list[float], str]:
-        return await self._call(self.embedder.embed.remote(text))
+    async def _call_retrieve(self, request: RetrievalRequest) -> tuple[list[RetrievedChunk], str]:
+        return await self.handles["retriever"].retrieve.remote(request)
 
-    async def retrieve(
-        self,
-        query: str,
-        vector: list[float] | None,
-        model: str | None,
-        top_k: int,
-        where: dict | None,
-        mode: str,
-        mmr: bool | None,
-        access: dict | None,
-    ) -> tuple[list[RetrievedChunk], str]:
-        for attempt in range(2):
-            try:
-                return await self._call(self.retriever.retrieve.remote(query, vector, model, top_k, where, mode, mmr, access))
-            except ModelMismatch as exc:  # the index switched models between our embed and search
-                if attempt or vector is None:
-                    raise ServiceUnavailable(f"index is switching embedding models: {exc}") from None
-                await asyncio.sleep(0.5)
-                vector, model = await self.embed(query)
-        raise AssertionError("unreachable")
+    async def _call_rerank(self, query: str, chunks: list[RetrievedChunk], top_k: int) -> tuple[list[RetrievedChunk], str]:
+        return await self.handles["reranker"].rerank.remote((query, chunks, top_k))
 
-    async def rerank(self, query: str, chunks: list[RetrievedChunk], top_k: int) -> tuple[list[RetrievedChunk], str]:
-        return await self._call(self.reranker.rerank.remote((query, chunks, top_k)))
+    async def _call_answer(self, question: str, chunks: list[RetrievedChunk]) -> Answer:
+        return await self.handles["generator"].answer.remote(question, chunks)
 
-    async def answer(self, question: str, chunks: list[RetrievedChunk]) -> Answer:
-        return await self._call(self.generator.answer.remote(question, chunks))
-
-    async def answer_stream(self, question: str, chunks: list[RetrievedChunk]) -> AsyncIterator[dict[str, Any]]:
-        async for event in self.generator.options(stream=True).answer_stream.remote(question, chunks):
+    async def _call_answer_stream(self, question: str, chunks: list[RetrievedChunk]) -> AsyncIterator[dict[str, Any]]:
+        async for event in self.handles["generator"].options(stream=True).answer_stream.remote(question, chunks):
             yield event
 
-    async def status(self) -> dict[str, Any]:
-        names = ("embedder", "retriever", "reranker", "generator")
-        handles = (self.embedder, self.retriever, self.reranker, self.generator)
-        results = await asyncio.gather(*(h.status.remote() for h in handles), return_exceptions=True)
-        status = {}
-        for name, result in zip(names, results):
-            if isinstance(result, BaseException):
-                status[name] = {"error": f"{type(result).__name__}", "name": "unavailable", "ready": False}
-            else:
-                status[name] = result
-        return status
+    async def _call_status(self, stage: str) -> dict[str, Any]:
+        return await self.handles[stage].status.remote()
 
 
 @serve.deployment(name="Ingress", ray_actor_options=SMALL, autoscaling_config=AUTOSCALE, max_ongoing_requests=64, max_queued_requests=512)

@@ -193,6 +193,9 @@ class AnswerGenerator:
     def name(self) -> str:
         return self.llm.name if self.llm else "extractive"
 
+    def status(self) -> dict[str, Any]:
+        return {"name": self.name, "last_error": self.last_llm_error}
+
     def _degraded(self, question: str, passages: Sequence[RetrievedChunk], error: str) -> Answer:
         self.last_llm_error, self.last_llm_error_at = error, time.time()
         log.warning("LLM unavailable; answering extractively", extra={"fields": {"generator": self.name, "error": error[:300]}})

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import threading
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -22,68 +21,46 @@ from serve_app.generation import Answer, AnswerGenerator
 from serve_app.rate_limit import RateLimiter
 from serve_app.redis_conn import redis_from_settings
 from serve_app.reranking import Reranker
-from serve_app.retrieval import HybridRetriever, IndexUnavailable
-from serve_app.service import QueryService, ServiceUnavailable
+from serve_app.retrieval import HybridRetriever
+from serve_app.retrieval_request import RetrievalRequest
+from serve_app.service import QueryService
+from serve_app.stages import Stages
 
 
-class LocalStages:
+class LocalStages(Stages):
+    """The stages as in-process components (each call on a worker thread)."""
+
     def __init__(self, settings: RAGSettings, torch_threads: int | None = None):
         index = VersionedIndex.from_settings(settings)
         self.embedder = QueryEmbedder(index, settings.embedding_device, torch_threads, settings.retrieval.reload_check_interval_s)
         self.embedder.ensure_model(force=True)
         self.retriever = HybridRetriever(index, settings.retrieval)
         self.retriever.maybe_reload()
+        self.retriever.follow_pointer(settings.retrieval.reload_check_interval_s)
         self.reranker = Reranker(settings.rerank.model)
         self.generator = AnswerGenerator.from_settings(settings)
-        self._interval = settings.retrieval.reload_check_interval_s
-        threading.Thread(target=self._follow_pointer, daemon=True).start()
 
-    def _follow_pointer(self) -> None:
-        while True:
-            time.sleep(self._interval)
-            self.retriever.maybe_reload()
-
-    async def embed(self, text: str) -> tuple[list[float], str]:
-        try:
-            vectors, model = await asyncio.to_thread(self.embedder.embed, [text])
-        except IndexUnavailable as exc:
-            raise ServiceUnavailable(f"index not available: {exc}", retry_after_s=5) from None
+    async def _call_embed(self, text: str) -> tuple[list[float], str]:
+        vectors, model = await asyncio.to_thread(self.embedder.embed, [text])
         return vectors[0].tolist(), model
 
-    async def retrieve(
-        self,
-        query: str,
-        vector: list[float] | None,
-        model: str | None,
-        top_k: int,
-        where: dict | None,
-        mode: str,
-        mmr: bool | None,
-        access: dict | None,
-    ) -> tuple[list[RetrievedChunk], str]:
-        try:
-            chunks, info = await asyncio.to_thread(self.retriever.retrieve, query, vector, top_k, where, mode, mmr, model, access)
-        except IndexUnavailable as exc:
-            raise ServiceUnavailable(f"index not available: {exc}", retry_after_s=5) from None
+    async def _call_retrieve(self, request: RetrievalRequest) -> tuple[list[RetrievedChunk], str]:
+        chunks, info = await asyncio.to_thread(self.retriever.retrieve, request)
         return chunks, info.version
 
-    async def rerank(self, query: str, chunks: list[RetrievedChunk], top_k: int) -> tuple[list[RetrievedChunk], str]:
+    async def _call_rerank(self, query: str, chunks: list[RetrievedChunk], top_k: int) -> tuple[list[RetrievedChunk], str]:
         return await asyncio.to_thread(self.reranker.rerank, query, chunks, top_k), self.reranker.name
 
-    async def answer(self, question: str, chunks: list[RetrievedChunk]) -> Answer:
+    async def _call_answer(self, question: str, chunks: list[RetrievedChunk]) -> Answer:
         return await asyncio.to_thread(self.generator.answer, question, chunks)
 
-    async def answer_stream(self, question: str, chunks: list[RetrievedChunk]) -> AsyncIterator[dict[str, Any]]:
+    async def _call_answer_stream(self, question: str, chunks: list[RetrievedChunk]) -> AsyncIterator[dict[str, Any]]:
         for event in await asyncio.to_thread(lambda: list(self.generator.stream(question, chunks))):
             yield event
 
-    async def status(self) -> dict[str, Any]:
-        return {
-            "embedder": self.embedder.status(),
-            "retriever": self.retriever.status(),
-            "reranker": {"name": self.reranker.name, "fallback": self.reranker.is_fallback, "reason": self.reranker.fallback_reason},
-            "generator": {"name": self.generator.name, "last_error": self.generator.last_llm_error},
-        }
+    async def _call_status(self, stage: str) -> dict[str, Any]:
+        component = {"embedder": self.embedder, "retriever": self.retriever, "reranker": self.reranker, "generator": self.generator}[stage]
+        return component.status()
 
 
 def create_local_app(settings: RAGSettings, torch_threads: int | None = None) -> FastAPI:

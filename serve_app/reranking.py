@@ -45,6 +45,9 @@ class Reranker:
     def is_fallback(self) -> bool:
         return self._model is None
 
+    def status(self) -> dict[str, Any]:
+        return {"name": self.name, "fallback": self.is_fallback, "reason": self.fallback_reason}
+
     def rerank(self, query: str, chunks: Sequence[RetrievedChunk], top_k: int) -> list[RetrievedChunk]:
         return self.rerank_many([(query, chunks, top_k)])[0]
 

@@ -14,10 +14,10 @@ import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import Any, Literal
+from typing import Any
 
 import bm25s
 import numpy as np
@@ -26,10 +26,9 @@ from rag_core.access import combine
 from rag_core.index_reader import RetrievedChunk
 from rag_core.index_store import IndexStoreError, VersionedIndex, VersionInfo
 from serve_app.filters import FilterError, matches
+from serve_app.retrieval_request import RetrievalMode, RetrievalRequest
 
 log = logging.getLogger("serve_app.retrieval")
-
-RetrievalMode = Literal["dense", "lexical", "hybrid"]
 
 
 class IndexUnavailable(RuntimeError):
@@ -175,7 +174,7 @@ class HybridRetriever:
         self._snapshot: IndexSnapshot | None = None
         self._retired: IndexSnapshot | None = None
         self._reload_lock = threading.Lock()
-        self._mask_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._mask_cache: OrderedDict[str, np.ndarray | None] = OrderedDict()
         self.last_error: str | None = None
 
     @property
@@ -224,91 +223,99 @@ class HybridRetriever:
         positions = {chunk_id: i for i, chunk_id in enumerate(chunk_ids)}
         return IndexSnapshot(info, client, collection, lexical, chunk_ids, texts, metadatas, positions)
 
-    def retrieve(
-        self,
-        query: str,
-        query_vector: Sequence[float] | None,
-        top_k: int,
-        where: dict[str, Any] | None = None,
-        mode: RetrievalMode | None = None,
-        mmr: bool | None = None,
-        model_name: str | None = None,
-        access: dict[str, Any] | None = None,
-    ) -> tuple[list[RetrievedChunk], VersionInfo]:
-        """`access` is the caller's read filter (rag_core.access): ANDed with `where`, so a
-        client filter can only narrow what the caller may read."""
-        where = combine(access, where)
+    def retrieve(self, request: RetrievalRequest) -> tuple[list[RetrievedChunk], VersionInfo]:
+        """The request's top chunks from the served version: dense and lexical candidates, fused,
+        then optionally diversified. `request.access` (the caller's read filter) is ANDed with
+        `request.where`, so a client filter can only narrow what the caller may read."""
         snapshot = self._snapshot
         if snapshot is None or snapshot.chunk_count == 0:
             raise IndexUnavailable(self.last_error or "the index is empty")
-        if model_name is not None and model_name != snapshot.info.model_spec.name:
-            raise ModelMismatch(f"query embedded with {model_name}, index {snapshot.info.version} uses {snapshot.info.model_spec.name}")
-        mode = mode or self.settings.mode
-        mmr = self.settings.mmr if mmr is None else mmr
-        fetch_k = max(self.settings.fetch_k, top_k, self.settings.mmr_fetch_k if mmr else 0)
+        if request.model is not None and request.model != snapshot.info.model_spec.name:
+            raise ModelMismatch(f"query embedded with {request.model}, index {snapshot.info.version} uses {snapshot.info.model_spec.name}")
+        where = combine(request.access, request.where)
+        mask = self._mask(snapshot, where)
+        fetch_k = max(self.settings.fetch_k, request.top_k, self.settings.mmr_fetch_k if request.mmr else 0)
+        dense = self._dense(snapshot, request, where if mask is not None else None, fetch_k) if request.mode != "lexical" else []
+        lexical = self._lexical(snapshot, request.query, mask, fetch_k) if request.mode != "dense" else []
+        ranked = self._fuse(request.mode, dense, lexical)
+        if request.mmr and ranked and request.vector is not None:
+            ranked = self._diversify(snapshot, request, ranked)
+        return [snapshot.chunk(snapshot.positions[cid], score) for cid, score in ranked[: request.top_k]], snapshot.info
 
-        rankings: list[tuple[list[str], float]] = []
-        dense_scores: dict[str, float] = {}
-        lexical_scores: dict[str, float] = {}
-        if mode in ("dense", "hybrid"):
-            if query_vector is None:
-                raise ValueError("dense retrieval needs a query vector")
-            try:
-                result = snapshot.collection.query(
-                    query_embeddings=[np.asarray(query_vector, dtype=np.float32)],
-                    n_results=min(fetch_k, snapshot.chunk_count),
-                    where=where or None,
-                    include=["distances"],
-                )
-            except (ValueError, TypeError) as exc:  # chromadb's InvalidArgumentError is a ValueError
-                if where:
-                    raise FilterError(f"the vector store refused the filter: {exc}") from None
-                raise
-            dense_scores = {cid: 1.0 - float(d) for cid, d in zip(result["ids"][0], result["distances"][0])}
-            rankings.append((list(dense_scores), self.settings.dense_weight if mode == "hybrid" else 1.0))
-        if mode in ("lexical", "hybrid"):
-            mask = self._mask(snapshot, where)
-            hits = snapshot.lexical.top(query, fetch_k, mask)
-            lexical_scores = {snapshot.chunk_ids[pos]: score for pos, score in hits}
-            rankings.append((list(lexical_scores), self.settings.lexical_weight if mode == "hybrid" else 1.0))
-
-        if mode == "hybrid" and self.settings.fusion == "convex":
-            ranked = convex_fusion(
-                [
-                    (list(dense_scores.items()), self.settings.dense_weight),
-                    (list(lexical_scores.items()), self.settings.lexical_weight),
-                ]
+    def _dense(
+        self, snapshot: IndexSnapshot, request: RetrievalRequest, where: dict[str, Any] | None, fetch_k: int
+    ) -> list[tuple[str, float]]:
+        """Nearest chunks by cosine similarity; `where` only when some chunks are outside it (a
+        filter in Chroma's query is evaluated in its metadata store on every call)."""
+        if request.vector is None:
+            raise ValueError("dense retrieval needs a query vector")
+        try:
+            result = snapshot.collection.query(
+                query_embeddings=[np.asarray(request.vector, dtype=np.float32)],
+                n_results=min(fetch_k, snapshot.chunk_count),
+                where=where or None,
+                include=["distances"],
             )
-        elif mode == "hybrid":
-            ranked = reciprocal_rank_fusion(rankings, self.settings.rrf_k)
-        elif mode == "dense":
-            ranked = list(dense_scores.items())
-        else:
-            ranked = list(lexical_scores.items())
-        ranked_ids = [cid for cid, _ in ranked]
-        scores = dict(ranked)
-        if mmr and ranked_ids and query_vector is not None:
-            candidates = ranked_ids[: max(self.settings.mmr_fetch_k, top_k)]
-            got = snapshot.collection.get(ids=candidates, include=["embeddings"])
-            vectors = dict(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32)))
-            matrix = np.stack([vectors[c] for c in candidates])
-            order = maximal_marginal_relevance(np.asarray(query_vector, dtype=np.float32), matrix, top_k, self.settings.mmr_lambda)
-            ranked_ids = [candidates[i] for i in order]
-        return [snapshot.chunk(snapshot.positions[cid], scores[cid]) for cid in ranked_ids[:top_k]], snapshot.info
+        except (ValueError, TypeError) as exc:  # chromadb's InvalidArgumentError is a ValueError
+            if where:
+                raise FilterError(f"the vector store refused the filter: {exc}") from None
+            raise
+        return [(cid, 1.0 - float(d)) for cid, d in zip(result["ids"][0], result["distances"][0])]
+
+    @staticmethod
+    def _lexical(snapshot: IndexSnapshot, query: str, mask: np.ndarray | None, fetch_k: int) -> list[tuple[str, float]]:
+        return [(snapshot.chunk_ids[position], score) for position, score in snapshot.lexical.top(query, fetch_k, mask)]
+
+    def _fuse(self, mode: RetrievalMode, dense: list[tuple[str, float]], lexical: list[tuple[str, float]]) -> list[tuple[str, float]]:
+        if mode == "dense":
+            return dense
+        if mode == "lexical":
+            return lexical
+        if self.settings.fusion == "convex":
+            return convex_fusion([(dense, self.settings.dense_weight), (lexical, self.settings.lexical_weight)])
+        rankings = [([cid for cid, _ in dense], self.settings.dense_weight), ([cid for cid, _ in lexical], self.settings.lexical_weight)]
+        return reciprocal_rank_fusion(rankings, self.settings.rrf_k)
+
+    def _diversify(self, snapshot: IndexSnapshot, request: RetrievalRequest, ranked: list[tuple[str, float]]) -> list[tuple[str, float]]:
+        """The fused candidates reordered by maximal marginal relevance (scores stay the fused ones)."""
+        candidates = ranked[: max(self.settings.mmr_fetch_k, request.top_k)]
+        ids = [cid for cid, _ in candidates]
+        got = snapshot.collection.get(ids=ids, include=["embeddings"])
+        vectors = dict(zip(got["ids"], np.asarray(got["embeddings"], dtype=np.float32)))
+        matrix = np.stack([vectors[c] for c in ids])
+        order = maximal_marginal_relevance(np.asarray(request.vector, dtype=np.float32), matrix, request.top_k, self.settings.mmr_lambda)
+        return [candidates[i] for i in order]
 
     def _mask(self, snapshot: IndexSnapshot, where: dict[str, Any] | None) -> np.ndarray | None:
+        """Which chunks `where` admits, or None when it admits every chunk (then neither search
+        needs to filter: the common case of one tenant reading its whole index)."""
         if not where:
             return None
         # Keyed by version too: a request still finishing on the old snapshot after a swap must
         # not leave its mask behind for the new one.
         key = f"{snapshot.info.version}:{json.dumps(where, sort_keys=True)}"
-        mask = self._mask_cache.get(key)
-        if mask is None:
-            mask = np.fromiter((matches(where, m) for m in snapshot.metadatas), dtype=bool, count=snapshot.chunk_count)
-            self._mask_cache[key] = mask
-            if len(self._mask_cache) > 256:
-                self._mask_cache.popitem(last=False)
-        return mask
+        if key in self._mask_cache:
+            return self._mask_cache[key]
+        mask = np.fromiter((matches(where, m) for m in snapshot.metadatas), dtype=bool, count=snapshot.chunk_count)
+        admitted = None if mask.all() else mask
+        self._mask_cache[key] = admitted
+        if len(self._mask_cache) > 256:
+            self._mask_cache.popitem(last=False)
+        return admitted
+
+    def follow_pointer(self, interval_s: float, after_check: Callable[[], None] | None = None) -> threading.Thread:
+        """A daemon thread that loads each new version beside the old one and swaps it in."""
+
+        def follow() -> None:
+            while True:
+                time.sleep(interval_s)
+                self.maybe_reload()
+                if after_check is not None:
+                    after_check()
+
+        thread = threading.Thread(target=follow, name="index-reload", daemon=True)
+        thread.start()
+        return thread
 
     def status(self) -> dict[str, Any]:
         snapshot = self._snapshot

@@ -1,7 +1,8 @@
 """The query logic behind the HTTP routes, independent of where the stages run.
 
-`Stages` is implemented twice: by DeploymentHandles in the Serve graph (serve_app.deployments) and
-by in-process components (serve_app.local), which is also the single-process benchmark baseline.
+The stages (serve_app.stages) are reached through DeploymentHandles in the Serve graph
+(serve_app.deployments) or called in process (serve_app.local, also the single-process benchmark
+baseline).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
-from typing import Any, Protocol
+from typing import Any
 
 from rag_core.access import Access
 from rag_core.index_reader import RetrievedChunk
@@ -23,18 +24,11 @@ from serve_app.faithfulness import answer_sentences, supported_share
 from serve_app.generation import ABSTAIN_ANSWER, MODE_DEGRADED, MODE_GENERATIVE, Answer
 from serve_app.metrics import NullMetrics, QueryMetrics
 from serve_app.redis_conn import FailFastRedis
+from serve_app.retrieval_request import RetrievalRequest
 from serve_app.schemas import HealthResponse, QueryRequest, QueryResponse, RetrieveRequest, RetrieveResponse, Source, SourceLocation
+from serve_app.stages import ServiceUnavailable, Stages
 
 log = logging.getLogger("serve_app.query")
-
-
-class ServiceUnavailable(RuntimeError):
-    """A stage cannot serve now (no index, a swap in progress, load shedding); maps to 503."""
-
-    def __init__(self, message: str, retry_after_s: int = 1, load_shed: bool = False):
-        super().__init__(message)
-        self.retry_after_s = retry_after_s
-        self.load_shed = load_shed  # refused because a stage's queue is full (counted as shed load)
 
 
 @dataclass
@@ -55,25 +49,6 @@ class CacheLookup:
 
 # Set on a response by the request that produced it, never taken from the cache.
 _PER_REQUEST_FIELDS = {"request_id", "latency_ms", "cached", "cache"}
-
-
-class Stages(Protocol):
-    async def embed(self, text: str) -> tuple[list[float], str]: ...
-    async def retrieve(
-        self,
-        query: str,
-        vector: list[float] | None,
-        model: str | None,
-        top_k: int,
-        where: dict | None,
-        mode: str,
-        mmr: bool | None,
-        access: dict | None,
-    ) -> tuple[list[RetrievedChunk], str]: ...
-    async def rerank(self, query: str, chunks: list[RetrievedChunk], top_k: int) -> tuple[list[RetrievedChunk], str]: ...
-    async def answer(self, question: str, chunks: list[RetrievedChunk]) -> Answer: ...
-    def answer_stream(self, question: str, chunks: list[RetrievedChunk]) -> AsyncIterator[dict[str, Any]]: ...
-    async def status(self) -> dict[str, Any]: ...
 
 
 def source_location(chunk: RetrievedChunk) -> SourceLocation:
@@ -140,38 +115,50 @@ class QueryService:
     async def _retrieve(
         self,
         access: Access,
-        text: str,
+        *,
+        query: str,
         top_k: int,
         where: dict | None,
-        mode: str | None,
-        rerank: bool | None,
-        mmr: bool | None,
+        mode: str | None = None,
+        rerank: bool | None = None,
+        mmr: bool | None = None,
         embedding: tuple[list[float], str] | None = None,
         clock: StageClock | None = None,
     ) -> Retrieved:
+        """Embed (unless `embedding` is given or the mode is lexical), retrieve, rerank; the
+        client's choices over the settings' defaults, resolved here once."""
         clock = clock or StageClock()
-        mode = mode or self.settings.retrieval.mode
         rerank = self.settings.rerank.enabled if rerank is None else rerank
         candidates = max(top_k, self.settings.rerank.candidates) if rerank else top_k
-        vector, model = (None, None)
-        if mode != "lexical":
+        request = RetrievalRequest.resolve(
+            self.settings.retrieval, query=query, top_k=candidates, mode=mode, mmr=mmr, where=where, access=access.read_filter()
+        )
+        if request.needs_vector:
             if embedding is None:
                 with clock.stage("embed"):
-                    embedding = await self.stages.embed(text)
-            vector, model = embedding
+                    embedding = await self.stages.embed(query)
+            request = request.embedded(*embedding)
         with clock.stage("retrieve"):
-            chunks, version = await self.stages.retrieve(text, vector, model, candidates, where, mode, mmr, access.read_filter())
+            chunks, version = await self.stages.retrieve(request)
         reranker = None
         if rerank and chunks:
             with clock.stage("rerank"):
-                chunks, reranker = await self.stages.rerank(text, chunks, top_k)
+                chunks, reranker = await self.stages.rerank(query, chunks, top_k)
         if chunks:
             self.metrics.top_score(chunks[0].score)
         return Retrieved(chunks[:top_k], version, reranker)
 
     async def retrieve(self, request: RetrieveRequest, access: Access) -> RetrieveResponse:
         started = time.perf_counter()
-        got = await self._retrieve(access, request.query, request.top_k, request.filters, request.mode, request.rerank, request.mmr)
+        got = await self._retrieve(
+            access,
+            query=request.query,
+            top_k=request.top_k,
+            where=request.filters,
+            mode=request.mode,
+            rerank=request.rerank,
+            mmr=request.mmr,
+        )
         return RetrieveResponse(
             results=to_sources(got.chunks),
             index_version=got.index_version,
@@ -233,7 +220,7 @@ class QueryService:
                 response = self._cached(lookup.hit, request_id, clock)
             else:
                 got = await self._retrieve(
-                    access, request.question, request.top_k, request.filters, None, None, None, lookup.embedding, clock
+                    access, query=request.question, top_k=request.top_k, where=request.filters, embedding=lookup.embedding, clock=clock
                 )
                 with clock.stage("generate"):
                     answer = await self.stages.answer(request.question, got.chunks)
@@ -258,7 +245,9 @@ class QueryService:
                 self._finish(request, request_id, access, clock, response, None)
                 yield f"event: done\ndata: {response.model_dump_json()}\n\n"
                 return
-            got = await self._retrieve(access, request.question, request.top_k, request.filters, None, None, None, lookup.embedding, clock)
+            got = await self._retrieve(
+                access, query=request.question, top_k=request.top_k, where=request.filters, embedding=lookup.embedding, clock=clock
+            )
             generation_started = time.perf_counter()
             async for event in self.stages.answer_stream(request.question, got.chunks):
                 if "token" in event:

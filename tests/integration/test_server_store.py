@@ -13,6 +13,7 @@ from rag_core.embedding import EmbeddingModel
 from rag_core.index_store import IndexStoreError, VersionedIndex
 from rag_core.settings import RetrievalSettings
 from serve_app.retrieval import HybridRetriever
+from serve_app.retrieval_request import RetrievalRequest
 from tests.local_cluster import ChromaServer
 from tests.unit.index_builder import build_version
 
@@ -56,9 +57,11 @@ def test_a_reader_on_another_node_needs_only_the_server(tmp_path: Path, chroma: 
 
     retriever = HybridRetriever(reader, RetrievalSettings())
     assert retriever.maybe_reload()
-    chunks, info = retriever.retrieve("kestrel nests", model.embed_queries(["kestrel nests"])[0], top_k=1)
+    chunks, info = retriever.retrieve(
+        RetrievalRequest.resolve(retriever.settings, query="kestrel nests", vector=model.embed_queries(["kestrel nests"])[0], top_k=1)
+    )
     assert info.version == version and chunks[0].chunk_id == "a.txt#0"
-    lexical, _ = retriever.retrieve("river", None, top_k=1, mode="lexical")
+    lexical, _ = retriever.retrieve(RetrievalRequest.resolve(retriever.settings, query="river", top_k=1, mode="lexical"))
     assert lexical[0].chunk_id == "b.txt#0"
     assert retriever.status()["last_ingest"]["files"] == {"added": 2}
     assert not (tmp_path / "elsewhere").exists()

@@ -23,6 +23,7 @@ from serve_app.retrieval import (
     maximal_marginal_relevance,
     reciprocal_rank_fusion,
 )
+from serve_app.retrieval_request import RetrievalRequest
 
 # (file, page, text, sidecar metadata); "department" is missing on the office/* chunks.
 CORPUS = [
@@ -230,7 +231,9 @@ def test_bm25_mask_excludes_texts_and_k_limits(lexical: LexicalIndex) -> None:
 def test_each_mode_puts_the_answering_chunk_first(
     served: HybridRetriever, model: EmbeddingModel, query: str, expected: str, mode: str
 ) -> None:
-    chunks, info = served.retrieve(query, query_vector(model, query), top_k=3, mode=mode)
+    chunks, info = served.retrieve(
+        RetrievalRequest.resolve(served.settings, query=query, vector=query_vector(model, query), top_k=3, mode=mode)
+    )
     assert chunks[0].chunk_id == expected
     assert info.version == "v000001"
     scores = [c.score for c in chunks]
@@ -242,7 +245,7 @@ def test_each_mode_puts_the_answering_chunk_first(
 def test_dense_scores_are_cosine_similarities(served: HybridRetriever, model: EmbeddingModel) -> None:
     query = "How long must passwords be?"
     vector = query_vector(model, query)
-    chunks, _ = served.retrieve(query, vector, top_k=len(CORPUS), mode="dense")
+    chunks, _ = served.retrieve(RetrievalRequest.resolve(served.settings, query=query, vector=vector, top_k=len(CORPUS), mode="dense"))
     documents = dict(zip((c.chunk_id for c in chunks), model.embed_documents([c.text for c in chunks])))
     assert len(chunks) == len(CORPUS)
     for chunk in chunks:
@@ -253,7 +256,9 @@ def test_dense_scores_are_cosine_similarities(served: HybridRetriever, model: Em
 def test_hybrid_with_rrf_puts_the_answering_chunk_first(
     served_rrf: HybridRetriever, model: EmbeddingModel, query: str, expected: str
 ) -> None:
-    chunks, _ = served_rrf.retrieve(query, query_vector(model, query), top_k=3, mode="hybrid")
+    chunks, _ = served_rrf.retrieve(
+        RetrievalRequest.resolve(served_rrf.settings, query=query, vector=query_vector(model, query), top_k=3, mode="hybrid")
+    )
     assert chunks[0].chunk_id == expected
     assert [c.score for c in chunks] == sorted((c.score for c in chunks), reverse=True)
 
@@ -261,30 +266,32 @@ def test_hybrid_with_rrf_puts_the_answering_chunk_first(
 def test_hybrid_scores_follow_the_configured_fusion(served: HybridRetriever, served_rrf: HybridRetriever, model: EmbeddingModel) -> None:
     query = "How long must passwords be?"
     vector = query_vector(model, query)
-    dense, _ = served.retrieve(query, vector, top_k=1, mode="dense")
-    lexical, _ = served.retrieve(query, None, top_k=1, mode="lexical")
+    dense, _ = served.retrieve(RetrievalRequest.resolve(served.settings, query=query, vector=vector, top_k=1, mode="dense"))
+    lexical, _ = served.retrieve(RetrievalRequest.resolve(served.settings, query=query, top_k=1, mode="lexical"))
     assert dense[0].chunk_id == lexical[0].chunk_id == "it/security-faq.txt#0"  # first in both lists
     convex_retriever = HybridRetriever(served.index, RetrievalSettings(fusion="convex", dense_weight=0.7, lexical_weight=0.2))
     convex_retriever.maybe_reload()
-    convex, _ = convex_retriever.retrieve(query, vector, top_k=1, mode="hybrid")
+    convex, _ = convex_retriever.retrieve(
+        RetrievalRequest.resolve(convex_retriever.settings, query=query, vector=vector, top_k=1, mode="hybrid")
+    )
     assert convex[0].score == pytest.approx(0.7 + 0.2)  # best in both lists: normalised to 1 in each
-    rrf, _ = served_rrf.retrieve(query, vector, top_k=1, mode="hybrid")
+    rrf, _ = served_rrf.retrieve(RetrievalRequest.resolve(served_rrf.settings, query=query, vector=vector, top_k=1, mode="hybrid"))
     assert rrf[0].score == pytest.approx(1.0 / (60 + 1) + 0.5 / (60 + 1))
 
 
 def test_lexical_mode_needs_no_vector_and_dense_does(served: HybridRetriever) -> None:
-    chunks, _ = served.retrieve("Bicycle parking garage", None, top_k=2, mode="lexical")
+    chunks, _ = served.retrieve(RetrievalRequest.resolve(served.settings, query="Bicycle parking garage", top_k=2, mode="lexical"))
     assert chunks[0].chunk_id == "office/parking.md#0"
     with pytest.raises(ValueError, match="query vector"):
-        served.retrieve("Bicycle parking garage", None, top_k=2, mode="dense")
+        served.retrieve(RetrievalRequest.resolve(served.settings, query="Bicycle parking garage", top_k=2, mode="dense"))
 
 
 def test_default_mode_comes_from_the_settings(served: HybridRetriever, model: EmbeddingModel) -> None:
     query = "vacation days"
     vector = query_vector(model, query)
     assert served.settings.mode == "hybrid"
-    default, _ = served.retrieve(query, vector, top_k=4)
-    hybrid, _ = served.retrieve(query, vector, top_k=4, mode="hybrid")
+    default, _ = served.retrieve(RetrievalRequest.resolve(served.settings, query=query, vector=vector, top_k=4))
+    hybrid, _ = served.retrieve(RetrievalRequest.resolve(served.settings, query=query, vector=vector, top_k=4, mode="hybrid"))
     assert [(c.chunk_id, c.score) for c in default] == [(c.chunk_id, c.score) for c in hybrid]
 
 
@@ -315,12 +322,16 @@ FILTERS = [
 def test_filters_restrict_every_mode(served: HybridRetriever, model: EmbeddingModel, raw: dict, allowed: set[str], mode: str) -> None:
     where = normalize_filter(raw)
     query = "vacation days passwords kitchen expenses reported team parking"
-    chunks, _ = served.retrieve(query, query_vector(model, query), top_k=len(CORPUS), where=where, mode=mode)
+    chunks, _ = served.retrieve(
+        RetrievalRequest.resolve(served.settings, query=query, vector=query_vector(model, query), top_k=len(CORPUS), where=where, mode=mode)
+    )
     assert chunks, "the query should find something under every filter"
     assert {c.chunk_id for c in chunks} <= allowed
     if mode != "lexical":  # dense ranks every allowed chunk; lexical only those sharing a term
         assert {c.chunk_id for c in chunks} == allowed
-    unfiltered, _ = served.retrieve(query, query_vector(model, query), top_k=len(CORPUS), mode=mode)
+    unfiltered, _ = served.retrieve(
+        RetrievalRequest.resolve(served.settings, query=query, vector=query_vector(model, query), top_k=len(CORPUS), mode=mode)
+    )
     assert {c.chunk_id for c in unfiltered} - allowed, "without the filter other chunks come back"
 
 
@@ -328,43 +339,52 @@ def test_a_filter_matching_nothing_returns_nothing(served: HybridRetriever, mode
     where = normalize_filter({"department": "legal"})
     vector = query_vector(model, "vacation days")
     for mode in ("dense", "lexical", "hybrid"):
-        assert served.retrieve("vacation days", vector, top_k=5, where=where, mode=mode)[0] == []
+        assert (
+            served.retrieve(
+                RetrievalRequest.resolve(served.settings, query="vacation days", vector=vector, top_k=5, where=where, mode=mode)
+            )[0]
+            == []
+        )
 
 
 @pytest.mark.parametrize("mode", ["dense", "hybrid", "lexical"])
 @pytest.mark.parametrize("top_k", [1, 3, 5])
 def test_top_k_is_respected(served: HybridRetriever, model: EmbeddingModel, top_k: int, mode: str) -> None:
     query = "vacation days are reported within hours to the team"
-    chunks, _ = served.retrieve(query, query_vector(model, query), top_k=top_k, mode=mode)
+    chunks, _ = served.retrieve(
+        RetrievalRequest.resolve(served.settings, query=query, vector=query_vector(model, query), top_k=top_k, mode=mode)
+    )
     assert len(chunks) == top_k
     assert len({c.chunk_id for c in chunks}) == top_k
 
 
 def test_top_k_above_the_chunk_count_returns_every_chunk_once(served: HybridRetriever, model: EmbeddingModel) -> None:
-    chunks, _ = served.retrieve("days", query_vector(model, "days"), top_k=100, mode="dense")
+    chunks, _ = served.retrieve(
+        RetrievalRequest.resolve(served.settings, query="days", vector=query_vector(model, "days"), top_k=100, mode="dense")
+    )
     assert sorted(c.chunk_id for c in chunks) == sorted(served.snapshot.chunk_ids)
 
 
 def test_mmr_returns_top_k_distinct_chunks_and_skips_the_near_duplicate(served: HybridRetriever, model: EmbeddingModel) -> None:
     query = "How many vacation days do employees get?"
     vector = query_vector(model, query)
-    plain, _ = served.retrieve(query, vector, top_k=2, mode="dense", mmr=False)
+    plain, _ = served.retrieve(RetrievalRequest.resolve(served.settings, query=query, vector=vector, top_k=2, mode="dense", mmr=False))
     assert [c.chunk_id for c in plain] == ["handbook/vacation-policy.md#0", "handbook/vacation-summary.md#0"]
 
-    diverse, _ = served.retrieve(query, vector, top_k=2, mode="dense", mmr=True)
+    diverse, _ = served.retrieve(RetrievalRequest.resolve(served.settings, query=query, vector=vector, top_k=2, mode="dense", mmr=True))
     assert diverse[0].chunk_id == "handbook/vacation-policy.md#0"
     assert diverse[1].chunk_id != "handbook/vacation-summary.md#0"  # the near-duplicate is passed over
 
     for mode in ("dense", "hybrid"):
-        chunks, _ = served.retrieve(query, vector, top_k=5, mode=mode, mmr=True)
+        chunks, _ = served.retrieve(RetrievalRequest.resolve(served.settings, query=query, vector=vector, top_k=5, mode=mode, mmr=True))
         assert len(chunks) == len({c.chunk_id for c in chunks}) == 5
 
 
 def test_model_mismatch_is_refused(served: HybridRetriever, model: EmbeddingModel) -> None:
     vector = query_vector(model, "vacation")
     with pytest.raises(ModelMismatch, match="BAAI/bge-small-en-v1.5"):
-        served.retrieve("vacation", vector, top_k=2, model_name="BAAI/bge-small-en-v1.5")
-    chunks, _ = served.retrieve("vacation", vector, top_k=2, model_name=model.spec.name)
+        served.retrieve(RetrievalRequest.resolve(served.settings, query="vacation", vector=vector, top_k=2, model="BAAI/bge-small-en-v1.5"))
+    chunks, _ = served.retrieve(RetrievalRequest.resolve(served.settings, query="vacation", vector=vector, top_k=2, model=model.spec.name))
     assert len(chunks) == 2
 
 
@@ -382,7 +402,7 @@ def test_no_index_yet(tmp_path: Path) -> None:
     assert retriever.maybe_reload() is False
     assert "ingest" in retriever.last_error
     with pytest.raises(IndexUnavailable, match="ingest"):
-        retriever.retrieve("anything", None, top_k=3, mode="lexical")
+        retriever.retrieve(RetrievalRequest.resolve(retriever.settings, query="anything", top_k=3, mode="lexical"))
     status = retriever.status()
     assert status["ready"] is False and "ingest" in status["error"] and status["chunks_indexed"] == 0
 
@@ -394,7 +414,7 @@ def test_an_empty_version_is_not_ready(model: EmbeddingModel, tmp_path: Path) ->
     assert retriever.maybe_reload() is True
     assert retriever.status()["ready"] is False and retriever.status()["error"] == "the index is empty"
     with pytest.raises(IndexUnavailable, match="empty"):
-        retriever.retrieve("anything", None, top_k=3, mode="lexical")
+        retriever.retrieve(RetrievalRequest.resolve(retriever.settings, query="anything", top_k=3, mode="lexical"))
 
 
 def test_a_new_version_is_swapped_in_while_the_old_snapshot_keeps_answering(model: EmbeddingModel, tmp_path: Path) -> None:
@@ -415,7 +435,7 @@ def test_a_new_version_is_swapped_in_while_the_old_snapshot_keeps_answering(mode
     query = "When is the coffee machine descaled?"
     vector = query_vector(model, query)
     for mode in ("dense", "lexical", "hybrid"):
-        chunks, info = retriever.retrieve(query, vector, top_k=5, mode=mode)
+        chunks, info = retriever.retrieve(RetrievalRequest.resolve(retriever.settings, query=query, vector=vector, top_k=5, mode=mode))
         assert info.version == second.version
         assert chunks[0].chunk_id == "office/coffee.txt#0"
         assert {c.chunk_id for c in chunks} <= {"handbook/holidays.md#0", "it/vpn.md#0", "office/coffee.txt#0"}
@@ -444,7 +464,9 @@ def test_filter_masks_of_an_old_snapshot_never_apply_to_the_new_one(model: Embed
     # self._mask(snapshot, where) with the snapshot it read at its start).
     retriever._mask(in_flight, where)
 
-    chunks, info = retriever.retrieve("vacation days passwords laptops", None, top_k=10, where=where, mode="lexical")
+    chunks, info = retriever.retrieve(
+        RetrievalRequest.resolve(retriever.settings, query="vacation days passwords laptops", top_k=10, where=where, mode="lexical")
+    )
     assert info.version == "v000002"
     assert chunks and all(c.metadata["department"] == "it" for c in chunks)
 
@@ -453,5 +475,7 @@ def test_mmr_still_returns_top_k_when_top_k_exceeds_mmr_fetch_k(served: HybridRe
     retriever = HybridRetriever(served.index, RetrievalSettings(mmr_fetch_k=3))
     retriever.maybe_reload()
     query = "days"
-    chunks, _ = retriever.retrieve(query, query_vector(model, query), top_k=6, mode="dense", mmr=True)
+    chunks, _ = retriever.retrieve(
+        RetrievalRequest.resolve(retriever.settings, query=query, vector=query_vector(model, query), top_k=6, mode="dense", mmr=True)
+    )
     assert len(chunks) == 6
