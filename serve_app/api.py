@@ -8,7 +8,7 @@ import re
 import uuid
 from typing import Any
 
-from fastapi import FastAPI, Query, Request, Security
+from fastapi import FastAPI, Query, Request, Response, Security
 from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
@@ -29,6 +29,7 @@ from serve_app.schemas import (
     RetrieveRequest,
     RetrieveResponse,
 )
+from serve_app.service import StageClock
 from serve_app.stages import ServiceUnavailable
 
 log = logging.getLogger("serve_app.api")
@@ -216,7 +217,7 @@ def create_app(echo_request_id: bool = True) -> FastAPI:
         return _error(request, 500, "internal error")
 
     @app.post("/v1/query", response_model=QueryResponse, responses={**_ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}}}})
-    async def query(body: QueryRequest, request: Request, caller: Caller = Security(authorize)) -> Any:
+    async def query(body: QueryRequest, request: Request, response: Response, caller: Caller = Security(authorize)) -> Any:
         """Answer a question from the index, citing sources. `stream: true` returns server-sent events."""
         service = request.app.state.service
         if body.stream:
@@ -229,12 +230,20 @@ def create_app(echo_request_id: bool = True) -> FastAPI:
                     yield event
 
             return StreamingResponse(relay(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
-        return await service.query(body, request.state.request_id, caller.access)
+        clock = StageClock()
+        answer = await service.query(body, request.state.request_id, caller.access, clock)
+        response.headers["Server-Timing"] = clock.server_timing()
+        return answer
 
     @app.post("/v1/retrieve", response_model=RetrieveResponse, responses=_ERROR_RESPONSES)
-    async def retrieve(body: RetrieveRequest, request: Request, caller: Caller = Security(authorize)) -> RetrieveResponse:
+    async def retrieve(
+        body: RetrieveRequest, request: Request, response: Response, caller: Caller = Security(authorize)
+    ) -> RetrieveResponse:
         """Search without generation, best first."""
-        return await request.app.state.service.retrieve(body, caller.access)
+        clock = StageClock()
+        found = await request.app.state.service.retrieve(body, caller.access, clock)
+        response.headers["Server-Timing"] = clock.server_timing()
+        return found
 
     @app.post("/admin/cache/purge", response_model=CachePurgeResponse, responses={**_ERROR_RESPONSES, 403: {"model": ErrorResponse}})
     async def purge_cache(

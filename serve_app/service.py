@@ -85,6 +85,11 @@ class StageClock:
     def total_ms(self) -> float:
         return round((time.perf_counter() - self.started) * 1000, 3)
 
+    def server_timing(self) -> str:
+        """The stages as an HTTP Server-Timing header value (shown by browsers' developer tools)."""
+        stages = [(name, ms) for name, ms in self.ms.items() if name != "total"]
+        return ", ".join(f"{name};dur={ms:.2f}" for name, ms in [*stages, ("total", self.ms.get("total", self.total_ms()))])
+
 
 class QueryService:
     def __init__(
@@ -148,8 +153,8 @@ class QueryService:
             self.metrics.top_score(chunks[0].score)
         return Retrieved(chunks[:top_k], version, reranker)
 
-    async def retrieve(self, request: RetrieveRequest, access: Access) -> RetrieveResponse:
-        started = time.perf_counter()
+    async def retrieve(self, request: RetrieveRequest, access: Access, clock: StageClock | None = None) -> RetrieveResponse:
+        clock = clock or StageClock()
         got = await self._retrieve(
             access,
             query=request.query,
@@ -158,13 +163,14 @@ class QueryService:
             mode=request.mode,
             rerank=request.rerank,
             mmr=request.mmr,
+            clock=clock,
         )
         return RetrieveResponse(
             results=to_sources(got.chunks),
             index_version=got.index_version,
             reranker=got.reranker,
             mode=request.mode or self.settings.retrieval.mode,
-            latency_ms=round((time.perf_counter() - started) * 1000, 2),
+            latency_ms=round(clock.total_ms(), 2),
         )
 
     async def _check_cache(self, request: QueryRequest, access: Access, clock: StageClock) -> CacheLookup:
@@ -212,8 +218,8 @@ class QueryService:
     def _cached(self, hit: CacheHit, request_id: str, clock: StageClock) -> QueryResponse:
         return QueryResponse(**hit.response, cached=True, cache=hit.kind, request_id=request_id, latency_ms=round(clock.total_ms(), 2))
 
-    async def query(self, request: QueryRequest, request_id: str, access: Access) -> QueryResponse:
-        clock = StageClock()
+    async def query(self, request: QueryRequest, request_id: str, access: Access, clock: StageClock | None = None) -> QueryResponse:
+        clock = clock or StageClock()
         try:
             lookup = await self._check_cache(request, access, clock)
             if lookup.hit:

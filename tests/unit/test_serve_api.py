@@ -199,6 +199,25 @@ def test_query_answers_extractively_with_sources_and_echoes_the_request_id(clien
         assert 1 <= number <= len(data["sources"])
 
 
+def server_timing(response) -> dict[str, float]:
+    return {
+        name: float(dur.removeprefix("dur="))
+        for name, dur in (part.strip().split(";") for part in response.headers["server-timing"].split(","))
+    }
+
+
+def test_responses_carry_their_stage_times_as_server_timing(client: TestClient) -> None:
+    retrieved = client.post("/v1/retrieve", json={"query": "how many vacation days", "top_k": 2, "mode": "hybrid"})
+    stages = server_timing(retrieved)
+    assert set(stages) == {"embed", "retrieve", "total"}
+    assert 0 < stages["embed"] + stages["retrieve"] <= stages["total"]
+    assert stages["total"] >= retrieved.json()["latency_ms"] > 0
+    lexical = server_timing(client.post("/v1/retrieve", json={"query": "vacation days", "mode": "lexical"}))
+    assert "embed" not in lexical and lexical["retrieve"] > 0
+    answered = client.post("/v1/query", json={"question": "How many vacation days do employees get?", "use_cache": False})
+    assert {"embed", "retrieve", "generate", "total"} <= set(server_timing(answered))
+
+
 def test_a_request_id_is_generated_when_absent_or_unsafe(client: TestClient) -> None:
     first = client.post("/v1/query", json={"question": "When is the kitchen cleaned?"})
     second = client.post("/v1/query", json={"question": "When is the kitchen cleaned?"})
