@@ -87,22 +87,96 @@ def run_ingest(index_dir: Path, cluster: RayCluster | None, *args: str, timeout:
     return IngestResult(process.returncode, json.loads(lines[-1]), process.stderr)
 
 
-def manifest_passwords(pdf_dir: Path) -> list[str]:
+def pdf_expectations(pdf_dir: Path) -> tuple[set[str], set[str], set[str], list[str]]:
+    """All PDFs, the unreadable ones (malformed, empty), the image-only scans, the passwords."""
     import csv
 
-    rows = csv.DictReader((pdf_dir / "MANIFEST.tsv").open(), delimiter="\t")
-    return sorted({row["password"] for row in rows if row["password"]})
+    rows = list(csv.DictReader((pdf_dir / "MANIFEST.tsv").open(), delimiter="\t"))
+    no_text = {r["filename"] for r in rows if r["extractable_text"] == "no"}
+    scans = {r["filename"] for r in rows if r["extractable_text"] == "no" and r["category"].startswith("scanned")}
+    passwords = sorted({r["password"] for r in rows if r["password"]})
+    return {r["filename"] for r in rows}, no_text - scans, scans, passwords
+
+
+@dataclass
+class InterruptedIngest:
+    """The one ingest of all shared PDFs in a test session, made the hard way: the samples are
+    indexed (v000001), every PDF is added, a run is killed once it has written chunks, and a rerun
+    completes. What the killed run left is recorded before the rerun starts."""
+
+    index_dir: Path
+    first: IngestResult
+    after_kill_current: str | None
+    after_kill_partial: list[str]
+    after_kill_vacation_top: str
+    after_kill_documents: int
+    rerun: IngestResult
 
 
 @pytest.fixture(scope="session")
-def pdf_index(tmp_path_factory, ray_cluster, pdf_dir) -> tuple[Path, dict[str, Any]]:
-    """An index of all shared PDFs (built once per session through the CLI)."""
-    index_dir = tmp_path_factory.mktemp("pdf-index") / "index"
-    result = run_ingest(
-        index_dir, ray_cluster, "--source", str(pdf_dir), timeout=1500, RAG_INGEST__PDF_PASSWORDS=json.dumps(manifest_passwords(pdf_dir))
+def interrupted_pdf_ingest(tmp_path_factory, ray_cluster, pdf_dir) -> InterruptedIngest:
+    import shutil
+    import signal
+    import threading
+
+    from rag_core.embedding import EmbeddingModel
+    from rag_core.index_reader import IndexReader
+    from rag_core.index_store import VersionedIndex
+    from tests.conftest import SAMPLES_DIR
+
+    root = tmp_path_factory.mktemp("pdf-index")
+    source, index_dir = root / "docs", root / "index"
+    shutil.copytree(SAMPLES_DIR, source)
+    first = run_ingest(index_dir, ray_cluster, "--source", str(source))
+    assert first.returncode == 0, first.stderr[-3000:]
+    all_pdfs, _, _, passwords = pdf_expectations(pdf_dir)
+    for name in all_pdfs:
+        shutil.copy(pdf_dir / name, source / name)
+    settings = {"RAG_INGEST__PASSWORDS": json.dumps(passwords), "RAG_INGEST__PROGRESS_INTERVAL_S": "0.5"}
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "ingest_jobs.index", "--source", str(source)],
+        cwd=REPO_ROOT,
+        env=ingest_env(index_dir, ray_cluster, **settings),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
-    assert result.returncode == 0, result.stderr[-3000:]
-    return index_dir, result.summary
+    seen_progress = threading.Event()
+
+    def watch() -> None:
+        for line in process.stderr:
+            if '"progress"' in line and '"chunks_written": 0' not in line:
+                seen_progress.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    assert seen_progress.wait(timeout=900), "no progress line from the running job"  # OCR of scans comes first on a busy machine
+    process.send_signal(signal.SIGKILL)
+    process.wait(timeout=30)
+
+    index = VersionedIndex(index_dir)
+    reader = IndexReader(index)
+    try:
+        reader.refresh()
+        model = EmbeddingModel.from_setting("auto")
+        top = reader.search(model.embed_queries(["How many paid vacation days does an employee get per year?"])[0], 1)[0].file
+    finally:
+        reader.close()
+    client, collection = index.backend.open(index.current_version())
+    try:
+        documents = collection.count()
+    finally:
+        index.backend.release(client)
+    partial = [v for v in index._all_version_dirs() if v not in index.committed_versions()]
+    rerun = run_ingest(index_dir, ray_cluster, "--source", str(source), timeout=1500, **settings)
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    return InterruptedIngest(index_dir, first, index.current_version(), partial, top, documents, rerun)
+
+
+@pytest.fixture(scope="session")
+def pdf_index(interrupted_pdf_ingest) -> tuple[Path, dict[str, Any]]:
+    """An index of all shared PDFs and the samples, built once per session through the CLI."""
+    return interrupted_pdf_ingest.index_dir, interrupted_pdf_ingest.rerun.summary
 
 
 @pytest.fixture(scope="session")

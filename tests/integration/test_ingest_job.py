@@ -3,13 +3,10 @@ real ChromaDB, the real embedding model, real PDFs."""
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
-import signal
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -20,7 +17,7 @@ from rag_core.embedding import PACKAGED_MINILM, EmbeddingModel, packaged_minilm_
 from rag_core.index_reader import IndexReader
 from rag_core.index_store import VERSION_INFO_FILE, VersionedIndex
 from tests.conftest import REPO_ROOT, SAMPLES_DIR
-from tests.integration.conftest import ingest_env, run_ingest, submit_ingest_job
+from tests.integration.conftest import ingest_env, pdf_expectations, run_ingest, submit_ingest_job
 from tests.local_cluster import ChromaServer
 
 SUMMARY_KEYS = {
@@ -223,58 +220,20 @@ def test_second_concurrent_run_fails_clearly_and_changes_nothing(tmp_path, ray_c
     assert holder.current_version() is None and not holder.committed_versions()
 
 
-def _manifest_expectations(pdf_dir: Path) -> tuple[set[str], set[str], set[str], list[str]]:
-    """All PDFs, the unreadable ones (malformed, empty), the image-only scans, the passwords."""
-    rows = list(csv.DictReader((pdf_dir / "MANIFEST.tsv").open(), delimiter="\t"))
-    no_text = {r["filename"] for r in rows if r["extractable_text"] == "no"}
-    scans = {r["filename"] for r in rows if r["extractable_text"] == "no" and r["category"].startswith("scanned")}
-    passwords = sorted({r["password"] for r in rows if r["password"]})
-    return {r["filename"] for r in rows}, no_text - scans, scans, passwords
+def test_killed_run_leaves_current_version_intact_then_all_shared_pdfs_are_accounted_for(interrupted_pdf_ingest, pdf_dir):
+    run = interrupted_pdf_ingest  # the session's one ingest of all shared PDFs (tests/integration/conftest.py)
+    assert run.first.returncode == 0
+    # Killed mid-build: the committed version still serves, complete, and the half-built one is not current.
+    assert run.after_kill_current == "v000001"
+    assert run.after_kill_partial, "the killed run should have been mid-build"
+    assert run.after_kill_vacation_top == "vacation-policy.md"
+    assert run.after_kill_documents == run.first.summary["chunks_total"]
 
-
-@pytest.mark.timeout(1800)  # all 118 PDFs twice, with OCR of the scans
-def test_killed_run_leaves_current_version_intact_then_all_shared_pdfs_are_accounted_for(tmp_path, ray_cluster, pdf_dir, model):
-    source, index_dir = copy_samples(tmp_path / "docs"), tmp_path / "index"
-    first = run_ingest(index_dir, ray_cluster, "--source", str(source))
-    assert first.returncode == 0
-    all_pdfs, unreadable, scans, passwords = _manifest_expectations(pdf_dir)
-    for name in all_pdfs:
-        shutil.copy(pdf_dir / name, source / name)
-    settings = {"RAG_INGEST__PDF_PASSWORDS": json.dumps(passwords), "RAG_INGEST__PROGRESS_INTERVAL_S": "0.5"}
-
-    process = subprocess.Popen(
-        [sys.executable, "-m", "ingest_jobs.index", "--source", str(source)],
-        cwd=REPO_ROOT,
-        env=ingest_env(index_dir, ray_cluster, **settings),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    seen_progress = threading.Event()
-
-    def watch() -> None:
-        for line in process.stderr:
-            if '"progress"' in line and '"chunks_written": 0' not in line:
-                seen_progress.set()
-
-    threading.Thread(target=watch, daemon=True).start()
-    assert seen_progress.wait(timeout=900), "no progress line from the running job"  # OCR of scans comes first on a busy machine
-    process.send_signal(signal.SIGKILL)
-    process.wait(timeout=30)
-
-    index = VersionedIndex(index_dir)
-    assert index.current_version() == "v000001"
-    partial = [v for v in index._all_version_dirs() if v not in index.committed_versions()]
-    assert partial, "the killed run should have been mid-build"
-    top = search(index_dir, model, "How many paid vacation days does an employee get per year?")[0]
-    assert top.file == "vacation-policy.md"
-    assert len(all_documents(index_dir)) == first.summary["chunks_total"]
-
-    rerun = run_ingest(index_dir, ray_cluster, "--source", str(source), timeout=1500, **settings)
-    assert rerun.returncode == 0, rerun.stderr[-3000:]
-    s = rerun.summary
+    all_pdfs, unreadable, scans, _ = pdf_expectations(pdf_dir)
+    s = run.rerun.summary
+    index = VersionedIndex(run.index_dir)
     failed = {f["file"]: f["reason"] for f in s["files_failed"]}
-    manifest = VersionedIndex(index_dir).manifest(s["index_version"])
+    manifest = index.manifest(s["index_version"])
     pdfs_indexed = {p for p in manifest.files if p in all_pdfs}
     assert s["files_seen"] == len(all_pdfs) + 4
     assert pdfs_indexed | set(failed) == all_pdfs and not pdfs_indexed & set(failed)
@@ -284,10 +243,8 @@ def test_killed_run_leaves_current_version_intact_then_all_shared_pdfs_are_accou
     assert scans <= pdfs_indexed and len(scans) == 11
     assert all(reason for reason in failed.values())
     assert s["files_unchanged"] == 4 and s["files_indexed"] == len(pdfs_indexed)
-    assert s["chunks_total"] == len(all_documents(index_dir)) == manifest.chunk_count
+    assert s["chunks_total"] == len(all_documents(run.index_dir)) == manifest.chunk_count
     assert not [v for v in index._all_version_dirs() if not (index.versions_root / v / VERSION_INFO_FILE).exists()]
-    hits = search(index_dir, model, "Dense Passage Retrieval for open-domain question answering", top_k=5)
-    assert any(h.file.startswith("unstructured__multi-column") for h in hits)
 
 
 def test_a_different_model_builds_a_full_new_version(tmp_path, ray_cluster):
