@@ -135,8 +135,12 @@ class GeneratorDeployment:
 class ServeStages(Stages):
     """The stages reached through DeploymentHandles."""
 
-    def __init__(self, embedder: Any, retriever: Any, reranker: Any, generator: Any):
+    def __init__(self, embedder: Any, retriever: Any, reranker: Any, generator: Any, local_answers: AnswerGenerator | None = None):
+        """`local_answers`: when no LLM is configured, answers are extractive, about a millisecond
+        of work against several for a replica hop (README, Serving latency), so the Ingress makes
+        them itself; the Generator deployment carries LLM calls."""
         self.handles = {"embedder": embedder, "retriever": retriever, "reranker": reranker, "generator": generator}
+        self.local_answers = local_answers
 
     async def _call_embed(self, text: str) -> tuple[list[float], str]:
         return await self.handles["embedder"].embed.remote(text)
@@ -148,9 +152,15 @@ class ServeStages(Stages):
         return await self.handles["reranker"].rerank.remote((query, chunks, top_k))
 
     async def _call_answer(self, question: str, chunks: list[RetrievedChunk]) -> Answer:
+        if self.local_answers is not None:
+            return self.local_answers.answer(question, chunks)
         return await self.handles["generator"].answer.remote(question, chunks)
 
     async def _call_answer_stream(self, question: str, chunks: list[RetrievedChunk]) -> AsyncIterator[dict[str, Any]]:
+        if self.local_answers is not None:
+            for event in self.local_answers.stream(question, chunks):
+                yield event
+            return
         async for event in self.handles["generator"].options(stream=True).answer_stream.remote(question, chunks):
             yield event
 
@@ -165,7 +175,9 @@ class Ingress:
         configure_json_logging()
         self.settings = settings
         redis = redis_from_settings(settings)  # one pool per replica: cache and rate limits
-        self.service = QueryService.from_settings(ServeStages(embedder, retriever, reranker, generator), settings, redis, RayQueryMetrics())
+        local_answers = None if settings.llm_base_url else AnswerGenerator.from_settings(settings)
+        stages = ServeStages(embedder, retriever, reranker, generator, local_answers)
+        self.service = QueryService.from_settings(stages, settings, redis, RayQueryMetrics())
         self.rate_limiter = RateLimiter(redis, settings.auth.rate_limit_prefix)
 
     def __serve_build_asgi_app__(self) -> Any:
