@@ -7,9 +7,10 @@ in one process, measured alternately in one run over the same index, with a per-
 
 Questions: any JSONL with a "question" or "text" field; only those of 10-25 words are asked.
 Graph variants (each a fresh `serve run configs/serve.yaml` on its own local Ray):
-- default: Ray Serve's defaults;
-- throughput: RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (Ray >= 2.56: gRPC between replicas, direct ingress
-  into the Ingress replica without the HTTP proxy, buffered request logs).
+- default: Ray's defaults (worker processes, so every replica, at nice 15);
+- nice0: RAY_worker_niceness=0, replicas at the same priority as other processes;
+- throughput: nice0 plus RAY_SERVE_THROUGHPUT_OPTIMIZED=1 (Ray >= 2.56: gRPC between replicas,
+  direct ingress into the Ingress replica on port 30000 without the HTTP proxy, buffered logs).
 
 The profile comes from each response's Server-Timing header (the Ingress's own clock per stage):
 client time minus the Ingress total is the HTTP path (Serve's proxy, or uvicorn in one process);
@@ -35,7 +36,12 @@ import httpx
 REPO_ROOT = Path(__file__).resolve().parents[1]
 GRAPH_URL = "http://127.0.0.1:8000"
 BASELINE_PORT = 8100
-VARIANTS = {"default": {}, "throughput": {"RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"}}
+VARIANTS = {
+    "default": {},
+    "nice0": {"RAY_worker_niceness": "0"},
+    "throughput": {"RAY_worker_niceness": "0", "RAY_SERVE_THROUGHPUT_OPTIMIZED": "1"},
+}
+DIRECT_INGRESS_URL = "http://127.0.0.1:30000"  # the Ingress replica's own port with direct ingress
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -192,19 +198,23 @@ def main() -> None:
             graph = start(["serve", "run", "-a", "local", "configs/serve.yaml"], {**env, **VARIANTS[variant]})
             try:
                 health = wait_healthy(GRAPH_URL)
-                print(f"[{variant}] index {health['index_version']}: {health['chunks_indexed']} chunks", flush=True)
-                for url in (GRAPH_URL, baseline_url):  # warm both before measuring
+                graph_url = GRAPH_URL
+                if "RAY_SERVE_THROUGHPUT_OPTIMIZED" in VARIANTS[variant]:
+                    wait_healthy(DIRECT_INGRESS_URL)
+                    graph_url = DIRECT_INGRESS_URL
+                print(f"[{variant}] index {health['index_version']}: {health['chunks_indexed']} chunks, at {graph_url}", flush=True)
+                for url in (graph_url, baseline_url):  # warm both before measuring
                     asyncio.run(drive(url, "/v1/retrieve", payloads["/v1/retrieve"], 4, 40))
                     asyncio.run(drive(url, "/v1/query", payloads["/v1/query"], 4, 40))
                 if args.cache_hits:  # fill the cache through both (the in-memory caches are per process)
-                    for url in (GRAPH_URL, baseline_url):
+                    for url in (graph_url, baseline_url):
                         asyncio.run(drive(url, "/v1/query", payloads["/v1/query (cache hit)"], 4, 100))
                 for endpoint in payloads:
                     path = endpoint.split(" ")[0]
                     levels = [1] if "hit" in endpoint else [int(c) for c in args.concurrency.split(",")]
                     for concurrency in levels:
                         requests = max(args.min_requests, concurrency * args.requests_per_worker)
-                        graph_result = asyncio.run(drive(GRAPH_URL, path, payloads[endpoint], concurrency, requests))
+                        graph_result = asyncio.run(drive(graph_url, path, payloads[endpoint], concurrency, requests))
                         base_result = asyncio.run(drive(baseline_url, path, payloads[endpoint], concurrency, requests))
                         row = {
                             "variant": variant,
