@@ -131,12 +131,22 @@ def start(command: list[str], env: dict[str, str]) -> subprocess.Popen:
     return subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
 
 
-def stop(process: subprocess.Popen) -> None:
+def stop(process: subprocess.Popen, url: str | None = None) -> None:
+    """Stops the process group; with `url`, waits until nothing answers there any more, so the
+    next variant's health check cannot be answered by this one's proxy."""
     try:
         os.killpg(process.pid, signal.SIGTERM)  # a background `serve run` ignores SIGINT
         process.wait(timeout=120)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         os.killpg(process.pid, signal.SIGKILL)
+    subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)  # what `serve run -a local` started
+    deadline = time.monotonic() + 120
+    while url and time.monotonic() < deadline:
+        try:
+            httpx.get(f"{url}/health", timeout=2)
+        except httpx.HTTPError:
+            return
+        time.sleep(1)
 
 
 def profile_rows(rows: list[dict]) -> None:
@@ -228,7 +238,7 @@ def main() -> None:
                         rows.append(row)
                         print(json.dumps(row), flush=True)
             finally:
-                stop(graph)
+                stop(graph, GRAPH_URL)
         print(
             "\n| variant | endpoint | concurrency | Serve p50 / p95 / p99 ms | Serve req/s | errors | "
             "single-process p50 / p95 / p99 ms | single req/s | p50 ratio | throughput ratio |"
