@@ -139,7 +139,6 @@ def stop(process: subprocess.Popen, url: str | None = None) -> None:
         process.wait(timeout=120)
     except (ProcessLookupError, subprocess.TimeoutExpired):
         os.killpg(process.pid, signal.SIGKILL)
-    subprocess.run(["ray", "stop", "--force"], capture_output=True, check=False)  # what `serve run -a local` started
     deadline = time.monotonic() + 120
     while url and time.monotonic() < deadline:
         try:
