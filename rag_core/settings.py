@@ -213,7 +213,9 @@ class APISettings(BaseModel):
     embedder_torch_threads: int | None = Field(
         None, ge=1, description="Torch threads in Embedder and Reranker replicas; default: the node's cores."
     )
-    embed_batch_wait_s: float = Field(0.002, ge=0, description="@serve.batch wait for more queries.")
+    embed_batch_wait_s: float = Field(
+        0.0, ge=0, description="@serve.batch wait for more queries; 0: a batch is whatever queued while the model ran."
+    )
     embed_max_batch_size: int = Field(16, ge=1)
     log_questions: bool = Field(False, description="Put question text in logs.")
 
