@@ -41,14 +41,20 @@ if [ -n "${RAG_INDEX_DIR:-}" ]; then
 fi
 # Right after `ray start` the dashboard may not have a job agent yet; Ray says to retry.
 LOG=$(mktemp)
-for attempt in $(seq 12); do
+SUBMITTED=""
+for attempt in $(seq 36); do
   if ray job submit --address "$DASHBOARD" --working-dir . --runtime-env-json "$ENV_VARS" \
        -- python -m ingest_jobs.index --source "$SOURCE" 2>&1 | tee "$LOG"; then
+    SUBMITTED=1
     break
   fi
   grep -q "No available agent to submit job" "$LOG" || exit 1
   sleep 5
 done
+if [ -z "$SUBMITTED" ]; then
+  echo "the Ray job agent did not come up within 3 minutes; see $DASHBOARD and /tmp/ray/session_latest/logs" >&2
+  exit 1
+fi
 
 # Serve the index (the project is installed in this venv, which the cluster runs; `serve deploy`
 # uploads no working_dir). Replicas follow the index pointer, so later ingests need no redeploy.
