@@ -155,6 +155,7 @@ def interrupted_pdf_ingest(tmp_path_factory, ray_cluster, pdf_dir) -> Interrupte
     process.wait(timeout=30)
 
     index = VersionedIndex(index_dir)
+    current_after_kill = index.current_version()
     reader = IndexReader(index)
     try:
         reader.refresh()
@@ -170,7 +171,7 @@ def interrupted_pdf_ingest(tmp_path_factory, ray_cluster, pdf_dir) -> Interrupte
     partial = [v for v in index._all_version_dirs() if v not in index.committed_versions()]
     rerun = run_ingest(index_dir, ray_cluster, "--source", str(source), timeout=1500, **settings)
     assert rerun.returncode == 0, rerun.stderr[-3000:]
-    return InterruptedIngest(index_dir, first, index.current_version(), partial, top, documents, rerun)
+    return InterruptedIngest(index_dir, first, current_after_kill, partial, top, documents, rerun)
 
 
 @pytest.fixture(scope="session")
