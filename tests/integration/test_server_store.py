@@ -70,11 +70,13 @@ def test_a_reader_on_another_node_needs_only_the_server(tmp_path: Path, chroma: 
 def test_the_pointer_cache_expires_and_the_swap_follows(tmp_path: Path, chroma: ChromaServer, model: EmbeddingModel):
     writer = VersionedIndex(tmp_path / "writer", chroma.url)
     first = publish(writer, model, {"a": "alpha"})
-    reader = VersionedIndex(tmp_path / "reader", chroma.url, pointer_cache_s=0.5)
+    # A lifetime that outlasts publishing a version even on a loaded machine (0.5 s did not).
+    reader = VersionedIndex(tmp_path / "reader", chroma.url, pointer_cache_s=5)
     assert reader.current_version() == first
+    read_at = time.monotonic()
     second = publish(writer, model, {"a": "alpha", "c": "gamma"})
-    assert reader.current_version() == first  # within the cache lifetime
-    time.sleep(0.6)
+    assert time.monotonic() - read_at < 5 and reader.current_version() == first  # within the cache lifetime
+    time.sleep(max(0.0, read_at + 5.2 - time.monotonic()))
     assert reader.current_version() == second
 
 
