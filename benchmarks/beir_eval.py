@@ -1,11 +1,13 @@
 """Retrieval quality on a BEIR dataset through the real pipeline: the corpus is written as text
 files, indexed by the ingest job, and every query goes to the Serve app's /v1/retrieve over HTTP.
 
-    python benchmarks/beir_eval.py --dataset ../shared/data/beir/scifact [--split test]
+    python benchmarks/beir_eval.py --dataset ../shared/data/beir/scifact [--split test] [--backend onnx-int8]
 
 Prints nDCG@10, recall@10 and MRR@10 for dense only, hybrid, and hybrid + reranker. Documents are
 split into chunks; a document's rank is that of its best chunk. The index is kept in --workdir
 (default ~/.cache/rag-eval/<dataset>), so a re-run only queries: ingest is incremental.
+--backend sets the embedding backend (RAG_EMBEDDING_BACKEND) for the ingest job and the Serve app;
+each backend other than torch gets its own index (index-<backend>) so its documents are embedded by it.
 Tune on train/dev splits; report test.
 """
 
@@ -91,8 +93,8 @@ def documents_from_chunks(results: list[dict[str, Any]], names: dict[str, str]) 
     return ranked
 
 
-def ingest(corpus_dir: Path, index_dir: Path) -> dict[str, Any]:
-    env = {**os.environ, "RAG_INDEX_DIR": str(index_dir), "PYTHONUNBUFFERED": "1"}
+def ingest(corpus_dir: Path, index_dir: Path, backend: str | None = None) -> dict[str, Any]:
+    env = {**os.environ, "RAG_INDEX_DIR": str(index_dir), "PYTHONUNBUFFERED": "1", **backend_env(backend)}
     process = subprocess.run(
         [sys.executable, "-m", "ingest_jobs.index", "--source", str(corpus_dir)], cwd=REPO_ROOT, env=env, capture_output=True, text=True
     )
@@ -129,12 +131,26 @@ def evaluate(results: dict[str, list[dict]], qrels: dict[str, dict[str, int]], n
     return {name: round(100 * total / len(qrels), 2) for name, total in scores.items()}
 
 
-def start_serve(index_dir: Path, overrides: list[str]) -> subprocess.Popen:
+def backend_env(backend: str | None) -> dict[str, str]:
+    return {} if backend is None else {"RAG_EMBEDDING_BACKEND": backend}
+
+
+def start_serve(index_dir: Path, overrides: list[str], backend: str | None = None) -> subprocess.Popen:
     # Thousands of queries from one client: the per-caller rate limit is off for the benchmark.
-    env = {**os.environ, "RAG_INDEX_DIR": str(index_dir), "RAG_AUTH__RATE_LIMIT_ENABLED": "false"}
+    env = {**os.environ, "RAG_INDEX_DIR": str(index_dir), "RAG_AUTH__RATE_LIMIT_ENABLED": "false", **backend_env(backend)}
     args = ["serve", "run", "serve_app.app:build_app", "config=configs/rag.yaml", *overrides]
     process = subprocess.Popen(args, cwd=REPO_ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     return process
+
+
+def recorded_backend(index_dir: Path) -> str:
+    """The embedding backend the index's current version was built with (what its queries use)."""
+    sys.path.insert(0, str(REPO_ROOT))
+    from rag_core.index_store import VersionedIndex
+    from rag_core.settings import load_settings
+
+    info = VersionedIndex.from_settings(load_settings(index_dir=index_dir)).current_info()
+    return info.model_spec.backend if info else "-"
 
 
 def wait_healthy(url: str, timeout_s: float = 240) -> dict[str, Any]:
@@ -160,16 +176,21 @@ def main() -> None:
     parser.add_argument("--strategies", default=",".join(STRATEGIES))
     parser.add_argument("--ingest-only", action="store_true")
     parser.add_argument("--serve-arg", action="append", default=[], help="extra build_app key=value (e.g. retrieval.rrf_k=20)")
+    parser.add_argument(
+        "--backend", choices=["torch", "onnx", "onnx-int8"], help="embedding backend for ingest and serve (default: the settings')"
+    )
     args = parser.parse_args()
 
     dataset = args.dataset.resolve()
     workdir = (args.workdir or Path.home() / ".cache" / "rag-eval" / dataset.name).resolve()
+    index_dir = workdir / ("index" if args.backend in (None, "torch") else f"index-{args.backend}")
     names = write_corpus(dataset, workdir / "corpus")
     started = time.monotonic()
-    summary = ingest(workdir / "corpus", workdir / "index")
+    summary = ingest(workdir / "corpus", index_dir, args.backend)
     print(
         f"ingest: {summary['files_indexed']} indexed, {summary['files_unchanged']} unchanged, {summary['chunks_total']} chunks, "
-        f"{len(summary['files_failed'])} failed, {time.monotonic() - started:.0f} s, version {summary['index_version']}",
+        f"{len(summary['files_failed'])} failed, {time.monotonic() - started:.0f} s, version {summary['index_version']}, "
+        f"backend {recorded_backend(index_dir)}",
         flush=True,
     )
     if args.ingest_only:
@@ -187,7 +208,7 @@ def main() -> None:
     url = args.url
     if url is None:
         url = "http://127.0.0.1:8000"  # Serve's HTTP port
-        server = start_serve(workdir / "index", args.serve_arg)
+        server = start_serve(index_dir, args.serve_arg, args.backend)
     try:
         health = wait_healthy(url)
         rows = []
@@ -201,6 +222,7 @@ def main() -> None:
                     "dataset": dataset.name,
                     "split": args.split,
                     "strategy": name,
+                    "backend": recorded_backend(index_dir),
                     "queries": len(queries),
                     "reranker": reranker,
                     **metrics,
@@ -208,10 +230,10 @@ def main() -> None:
                 }
             )
             print(json.dumps(rows[-1]), flush=True)
-        print("\n| dataset | split | strategy | nDCG@10 | recall@10 | MRR@10 | reranker |\n|---|---|---|---|---|---|---|")
+        print("\n| dataset | split | strategy | backend | nDCG@10 | recall@10 | MRR@10 | reranker |\n|---|---|---|---|---|---|---|---|")
         for row in rows:
             print(
-                f"| {row['dataset']} | {row['split']} ({row['queries']} q) | {row['strategy']} | "
+                f"| {row['dataset']} | {row['split']} ({row['queries']} q) | {row['strategy']} | {row['backend']} | "
                 f"{row['ndcg@10']} | {row['recall@10']} | {row['mrr@10']} | {row['reranker']} |"
             )
     finally:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from ingest_jobs.redaction import shared_redactor
 from rag_core.chunking import RecursiveChunker
@@ -248,7 +250,24 @@ def parsed_schema() -> pa.Schema:
 
 def parse_and_chunk_batch(files: pa.Table, config: ParseConfig) -> pa.Table:
     """Task-based Ray Data entry point (a function: the stage holds no expensive state)."""
-    return ParseAndChunk(config)(files)
+    return ParseAndChunk(config)(unpack_blocks(files))
+
+
+FILE_ROW_COLUMNS = ("file", "data", "sidecar_sha256", "metadata")
+
+
+def pack_block(rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
+    """A block's files as one row of lists (see build_dataset)."""
+    return {column: [row[column] for row in rows] for column in FILE_ROW_COLUMNS}
+
+
+def unpack_blocks(files: pa.Table) -> pa.Table:
+    """Packed blocks (one row of lists per block) back to one row per file; a table with a row
+    per file already is returned as it is."""
+    kind = files.schema.field("file").type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind)):
+        return files
+    return pa.table({column: pc.list_flatten(files.column(column)) for column in FILE_ROW_COLUMNS})
 
 
 class EmbedChunks:
@@ -259,7 +278,7 @@ class EmbedChunks:
     def __init__(self, spec: dict[str, Any], device: str = "auto", torch_threads: int | None = None, batch_size: int = 64):
         # Ray sets OMP_NUM_THREADS to the actor's CPU reservation (1), which halves CPU throughput
         # on a 2-core node; the thread count is set explicitly instead.
-        threads = torch_threads or len(os.sched_getaffinity(0))
+        threads = torch_threads or node_cores()
         self.model = load_for_spec(EmbeddingModelSpec.from_dict(spec), device, threads)
         self.batch_size = batch_size
 
@@ -276,6 +295,155 @@ class EmbedChunks:
         return chunks.append_column("embedding", column).append_column("embed_node", nodes)
 
 
+# -- Resources: what an ingest asks Ray for ---------------------------------------------------
+# The least CPU a parse task or an embedding actor asks for when sized automatically. Requests are
+# reservations, not limits: a task asking 0.05 CPU still runs at a full core's speed when the core
+# is idle (as the reserved-but-idle Serve replicas leave it). Below this, the cluster is taken to
+# have nothing to spare, and the job fails at once instead of queueing behind it.
+MIN_CPU_SHARE = 0.05
+MAX_CPU_SHARE = 1.0
+
+
+class NoCpuToSpare(RuntimeError):
+    """The cluster has not even MIN_CPU_SHARE of a CPU free for each of the job's workers."""
+
+
+def _cgroup_cpu_limit() -> float | None:
+    """The CPU quota of this process's cgroup (a container's CPU limit), in CPUs; None when unlimited."""
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()[:2]  # cgroup v2: "max 100000" or "200000 100000"
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:  # cgroup v1
+        quota_us = int(open("/sys/fs/cgroup/cpu/cpu.cfs_quota_us").read())
+        period_us = int(open("/sys/fs/cgroup/cpu/cpu.cfs_period_us").read())
+        return quota_us / period_us if quota_us > 0 and period_us > 0 else None
+    except (OSError, ValueError):
+        return None
+
+
+def node_cores() -> int:
+    """The cores this process can really run on: its CPU affinity (taskset, cpusets), bounded by
+    a cgroup CPU quota. Not Ray's logical CPUs, which a cluster may declare at any number."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    limit = _cgroup_cpu_limit()
+    if limit:
+        cores = min(cores, max(1, math.ceil(limit - 1e-9)))
+    return max(1, cores)
+
+
+def _floor_share(value: float) -> float:
+    """Down to a hundredth of a CPU, so the shares never add up to more than what was free."""
+    return math.floor(value * 100 + 1e-6) / 100
+
+
+@dataclass(frozen=True)
+class CpuPlan:
+    parse_num_cpus: float
+    embed_num_cpus: float
+    parse_concurrency: int
+
+
+def plan_cpus(
+    free_cpus: float,
+    cores: int,
+    embed_actors: int,
+    parse_num_cpus: float | str = "auto",
+    embed_num_cpus: float | str = "auto",
+    parse_concurrency: int | str = "auto",
+    largest_free_on_a_node: float | None = None,
+) -> CpuPlan:
+    """CPU requests for the parse tasks and embedding actors of a run that starts now.
+
+    - Parse concurrency ('auto'): the cores of the cluster's nodes (`cores`), never their logical
+      CPUs, so parse tasks and the embedding actor do not oversubscribe the machine.
+    - 'auto' requests: what is free (`free_cpus`, less any explicit request) split evenly over the
+      embedding actors that must start (`embed_actors`) and the concurrent parse tasks, at most
+      1 CPU each, floored to a hundredth. When that is below MIN_CPU_SHARE, fewer parse tasks
+      run at once (down to one); when even one parse task and the actors cannot get
+      MIN_CPU_SHARE each, NoCpuToSpare says why.
+    - Explicit numbers are used as given (they may be meant for an autoscaler to make room).
+    """
+    concurrency = cores if parse_concurrency == "auto" else int(parse_concurrency)
+    concurrency = max(1, concurrency)
+    parse_auto, embed_auto = parse_num_cpus == "auto", embed_num_cpus == "auto"
+    if not parse_auto and not embed_auto:
+        return CpuPlan(float(parse_num_cpus), float(embed_num_cpus), concurrency)
+    left = free_cpus
+    if not parse_auto:
+        left -= float(parse_num_cpus)  # at least one parse task must fit beside the actors
+    if not embed_auto:
+        left -= float(embed_num_cpus) * embed_actors
+    auto_actors = embed_actors if embed_auto else 0
+
+    def share(parse_tasks: int) -> float:
+        units = (parse_tasks if parse_auto else 0) + auto_actors
+        value = min(MAX_CPU_SHARE, _floor_share(max(left, 0.0) / units))
+        if largest_free_on_a_node is not None:  # one request must fit on one node
+            value = min(value, _floor_share(largest_free_on_a_node))
+        return value
+
+    cpus = share(concurrency)
+    if cpus < MIN_CPU_SHARE and parse_auto and concurrency > 1:
+        concurrency = max(1, int((max(left, 0.0) + 1e-9) // MIN_CPU_SHARE) - auto_actors)
+        cpus = share(concurrency)
+    if cpus < MIN_CPU_SHARE:
+        explicit = []
+        if not parse_auto:
+            explicit.append(f"ingest.parse_num_cpus={float(parse_num_cpus):g}")
+        if not embed_auto:
+            explicit.append(f"ingest.embed_num_cpus={float(embed_num_cpus):g} per actor")
+        taken = f" after {' and '.join(explicit)}" if explicit else ""
+        raise NoCpuToSpare(
+            f"no CPU to spare for the ingest: {max(free_cpus, 0.0):.2f} CPU free in the cluster{taken}, and it needs at least "
+            f"{MIN_CPU_SHARE} CPU for each of {embed_actors} embedding actor(s) and one parse task. Free CPUs (fewer Serve "
+            "replicas, other jobs stopped), add a node, or set ingest.parse_num_cpus and ingest.embed_num_cpus to numbers "
+            "(the run then waits up to ingest.stall_timeout_s for them)"
+        )
+    return CpuPlan(
+        cpus if parse_auto else float(parse_num_cpus),
+        cpus if embed_auto else float(embed_num_cpus),
+        concurrency,
+    )
+
+
+# -- Blocks: which files one parse task reads ---------------------------------------------------
+def group_files(sizes: Sequence[int], max_files: int, max_bytes: int) -> list[list[int]]:
+    """Indices of files (in order) packed into blocks: consecutive files share a block while it
+    holds fewer than `max_files` and their bytes stay within `max_bytes`; a file of `max_bytes`
+    or more is a block alone. Every file is in exactly one block, and the order is kept.
+
+    One task per tiny file is mostly overhead (scheduling, a block in the object store, stats),
+    while a big file gains nothing from company and would only hold its neighbours hostage
+    should its worker die."""
+    max_files = max(1, max_files)
+    groups: list[list[int]] = []
+    current: list[int] = []
+    current_bytes = 0
+    for index, size in enumerate(sizes):
+        if size >= max_bytes:
+            if current:
+                groups.append(current)
+                current, current_bytes = [], 0
+            groups.append([index])
+            continue
+        if current and (len(current) >= max_files or current_bytes + size > max_bytes):
+            groups.append(current)
+            current, current_bytes = [], 0
+        current.append(index)
+        current_bytes += size
+    if current:
+        groups.append(current)
+    return groups
+
+
+def files_per_block(max_files: int, files: int, parse_concurrency: int, blocks_per_task: int = 4) -> int:
+    """`max_files`, lowered for a small run so that every concurrent parse task still gets
+    several blocks (parsing stays parallel and the embedding actor starts early)."""
+    return max(1, min(max_files, math.ceil(files / (parse_concurrency * blocks_per_task))))
+
+
 @dataclass(frozen=True)
 class PipelineResources:
     embed_batch_size: int
@@ -286,26 +454,39 @@ class PipelineResources:
     embed_torch_threads: int | None
     embedding_device: str
     parse_num_cpus: float
+    parse_concurrency: int | None = None  # None: as many parse tasks as Ray Data sees fit
 
 
 def build_dataset(
-    file_rows: Sequence[dict[str, Any]], parse_config: ParseConfig, spec: EmbeddingModelSpec, resources: PipelineResources
+    file_rows: Sequence[dict[str, Any]],
+    parse_config: ParseConfig,
+    spec: EmbeddingModelSpec,
+    resources: PipelineResources,
+    groups: Sequence[Sequence[int]] | None = None,
 ) -> Any:
     """The Ray Data plan for the files to (re)index. Files are read by the driver and handed over
-    as rows, so no worker needs the source folder on its own disk."""
+    as rows, so no worker needs the source folder on its own disk. `groups` (from group_files)
+    says which files share a block; default: one file per block."""
     import ray
 
-    # One block is one file: a worker that dies on a file (out of memory, a crash in a native
-    # parser) loses that block only, and the driver reports the file ("no output from the
-    # pipeline") instead of failing the run.
-    ray.data.DataContext.get_current().max_errored_blocks = len(file_rows)
-    dataset = ray.data.from_items(list(file_rows), override_num_blocks=max(1, len(file_rows)))
+    if groups is None:
+        groups = [[index] for index in range(len(file_rows))]
+    # A block is one parse task: a worker that dies on a file (out of memory, a crash in a native
+    # parser) loses that block only, and the driver reports its files (or parses them again
+    # one by one) instead of failing the run.
+    ray.data.DataContext.get_current().max_errored_blocks = max(1, len(groups))
+    # One item per block, holding its files as lists: from_items puts exactly one item in each
+    # block, in the driver (from_arrow would run a metadata task per table asking a whole CPU,
+    # which waits forever beside a serving graph that leaves less than one free).
+    blocks = [pack_block([file_rows[index] for index in group]) for group in groups]
+    dataset = ray.data.from_items(blocks, override_num_blocks=max(1, len(blocks)))
     dataset = dataset.map_batches(
         parse_and_chunk_batch,
         fn_kwargs={"config": parse_config},
         batch_format="pyarrow",
-        batch_size=None,  # one block = one file
+        batch_size=None,  # one block = one task
         num_cpus=resources.parse_num_cpus,
+        concurrency=resources.parse_concurrency,
         # Remote args that differ from the embed stage's keep Ray Data from fusing parsing into
         # the (few) embedding actors, which would serialise it; parsing is deterministic, so
         # retries only cover lost workers.

@@ -6,10 +6,13 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,13 +21,19 @@ import pyarrow.compute as pc
 
 from ingest_jobs.discovery import ScanResult, SkippedFile, SourceScanner
 from ingest_jobs.pipeline import (
+    MIN_CPU_SHARE,
     PIPELINE_COLUMNS,
+    CpuPlan,
     ParseConfig,
     PipelineResources,
     build_dataset,
     file_row,
+    files_per_block,
+    group_files,
+    node_cores,
     ocr_engine_label,
     parse_signature,
+    plan_cpus,
 )
 from ingest_jobs.redaction import redactor_signature
 from rag_core.audit import default_actor, utc_now
@@ -64,6 +73,9 @@ class IngestSummary:
     # Where the work ran: Ray node id -> files parsed there, and -> chunks embedded there.
     parse_nodes: dict[str, int] = field(default_factory=dict)
     embed_nodes: dict[str, int] = field(default_factory=dict)
+    # What the run asked Ray for and why: CPUs free and cores when it started, the CPU requests,
+    # parse concurrency, torch threads, blocks (see README, Ingest beside serving).
+    resources: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -115,6 +127,237 @@ def embed_gpus_per_actor(setting: float | str) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) >= 1 else 0.0
 
 
+class IngestStalled(RuntimeError):
+    """The pipeline made no progress while Ray could not place the job's tasks or actors."""
+
+
+def _gcs_address() -> str | None:
+    import ray
+
+    try:
+        return ray.get_runtime_context().gcs_address
+    except Exception:
+        return None
+
+
+def _cluster_status() -> Any:
+    """Ray's view of the cluster (what `ray status` prints), or None where it cannot be read."""
+    address = _gcs_address()
+    if not address:
+        return None
+    try:
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        return get_cluster_status(address)
+    except Exception as exc:  # an internal-ish API: without it, sizing uses ray.available_resources()
+        log.debug("cannot read Ray's cluster status: %s", exc)
+        return None
+
+
+@dataclass(frozen=True)
+class ClusterCapacity:
+    """What the cluster offers a job that starts now."""
+
+    cpus_total: float
+    cpus_free: float
+    largest_free_on_a_node: float | None  # None: unknown
+    cores: int  # the cores (not logical CPUs) of the nodes with CPUs
+    nodes: int
+
+    @classmethod
+    def read(cls, wait_for_cpus: float = 0.0, settle_s: float = 5.0) -> ClusterCapacity:
+        """Free CPUs now. ray.available_resources() already leaves out what others hold: Serve
+        replicas, other jobs, and this job's own driver when it was submitted with
+        --entrypoint-num-cpus. When less than `wait_for_cpus` is free, look again for up to
+        `settle_s` (actors of a run that just ended in this process take a moment to go)."""
+        import ray
+
+        deadline = time.monotonic() + settle_s
+        while True:
+            total = ray.cluster_resources().get("CPU", 0.0)
+            free = ray.available_resources().get("CPU", 0.0)
+            if free >= wait_for_cpus or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        largest = None
+        status = _cluster_status()
+        if status is not None and status.active_nodes + status.idle_nodes:
+            per_node = [n.available_resources().get("CPU", 0.0) for n in status.active_nodes + status.idle_nodes]
+            largest = max(per_node)
+            free = min(free, sum(per_node)) if per_node else free
+        cores, nodes = cluster_cores()
+        return cls(total, free, largest, cores, nodes)
+
+
+def cluster_cores(timeout_s: float = 60.0) -> tuple[int, int]:
+    """(cores, nodes) over the alive nodes with CPUs: one tiny task (0 CPUs, so it runs even on
+    a full node) per node reads the cores that node's processes can run on. A node that does not
+    answer in time counts with its logical CPUs."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    nodes = [n for n in ray.nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+    probe = ray.remote(num_cpus=0, max_retries=0)(node_cores)
+    refs = {n["NodeID"]: probe.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote() for n in nodes}
+    ready, _ = ray.wait(list(refs.values()), num_returns=len(refs), timeout=timeout_s)
+    ready = set(ready)
+    cores = 0
+    for node in nodes:
+        ref = refs[node["NodeID"]]
+        logical = max(1, int(node["Resources"]["CPU"]))
+        try:
+            cores += min(ray.get(ref), logical) if ref in ready else logical
+        except Exception:
+            cores += logical
+    return max(1, cores), len(nodes)
+
+
+def _shape(resources: dict[str, float] | None) -> tuple[tuple[str, float], ...]:
+    """A resource request as a comparable key: CPU and GPU, rounded as Ray rounds them."""
+    resources = resources or {}
+    return tuple((name, round(float(resources[name]), 4)) for name in ("CPU", "GPU") if resources.get(name))
+
+
+# Names Ray gives this pipeline's work: the parse tasks, and the embedding actors and their calls.
+PIPELINE_TASK_NAMES = ("parse_and_chunk_batch", "EmbedChunks")
+
+
+@dataclass
+class JobWork:
+    """This job's tasks and actors as Ray's state API sees them."""
+
+    pending: dict[tuple[tuple[str, float], ...], str]  # shape -> what waits with it to be placed
+    running: int  # pipeline tasks running now (parse tasks, embedding calls)
+
+
+def _this_jobs_work() -> JobWork | None:
+    """What of this job waits to be placed, and whether its pipeline runs anything (Ray's state
+    API, through the dashboard); None where it cannot be read."""
+    import ray
+
+    try:
+        from ray.util.state import list_actors, list_tasks
+
+        job = ray.get_runtime_context().get_job_id()
+        options = {"detail": True, "limit": 1000, "timeout": 10, "raise_on_missing_output": False}
+        waiting = list_tasks(filters=[("job_id", "=", job), ("state", "=", "PENDING_NODE_ASSIGNMENT")], **options)
+        creating = list_actors(filters=[("job_id", "=", job), ("state", "=", "PENDING_CREATION")], **options)
+        running = list_tasks(filters=[("job_id", "=", job), ("state", "=", "RUNNING")], **options)
+    except Exception as exc:
+        log.debug("cannot read this job's tasks: %s", exc)
+        return None
+    pending: dict[tuple[tuple[str, float], ...], str] = {}
+    for item in [*waiting, *creating]:
+        what = getattr(item, "name", None) or getattr(item, "class_name", None) or "task"
+        pending.setdefault(_shape(item.required_resources), str(what))
+    ours = sum(1 for task in running if any(name in (task.name or "") for name in PIPELINE_TASK_NAMES))
+    return JobWork(pending, ours)
+
+
+class StallGuard:
+    """Notices a pipeline that waits for resources it will not get: no batch for `timeout_s`, none
+    of its parse tasks or embedding calls running, while Ray reports demands it cannot place
+    (what `ray status` lists as pending) that are this job's: shaped like its parse tasks or
+    embedding actors, or like any of its tasks and actors waiting for a node. Never while the
+    cluster is starting nodes. Before failing, it logs the wait every `interval_s`, so a starved
+    run is never silent."""
+
+    def __init__(self, plan: CpuPlan, embed_num_gpus: float, timeout_s: float, interval_s: float):
+        parse, embed = _shape({"CPU": plan.parse_num_cpus}), _shape({"CPU": plan.embed_num_cpus, "GPU": embed_num_gpus})
+        self.ours = {parse: "parse tasks", embed: "embedding actors"}
+        if parse == embed:
+            self.ours[parse] = "parse tasks and embedding actors"
+        self.timeout_s = timeout_s
+        self.interval_s = min(interval_s, timeout_s)
+        self.last_progress = time.monotonic()
+        self.last_look = 0.0
+        self.unreadable_logged = False
+
+    def progress(self) -> None:
+        self.last_progress = time.monotonic()
+
+    def check(self) -> None:
+        now = time.monotonic()
+        idle = now - self.last_progress
+        if idle < self.interval_s or now - self.last_look < self.interval_s:
+            return
+        self.last_look = now
+        status = _cluster_status()
+        if status is None:
+            if not self.unreadable_logged:
+                self.unreadable_logged = True
+                log.warning("cannot read Ray's pending resource demands; a run starved of resources is not detected")
+            return
+        demands = [r for d in status.resource_demands.ray_task_actor_demand for r in d.bundles_by_count]
+        if not demands:
+            return
+        work = _this_jobs_work()
+        if work is not None and work.running:  # a long parse, say: busy, not starved
+            self.progress()
+            return
+        named = {**(work.pending if work is not None else {}), **self.ours}  # its own names for the requests it knows
+        pending = [
+            f"{r.count} x {dict(sorted(r.bundle.items()))} ({named[_shape(r.bundle)]})" for r in demands if _shape(r.bundle) in named
+        ]
+        if not pending:
+            return
+        free, total = status.available_resources(), status.total_resources()
+        cluster = f"{free.get('CPU', 0):.2f} of {total.get('CPU', 0):g} CPUs free"
+        if total.get("GPU") or any("GPU" in r.bundle for r in demands):
+            cluster += f", {free.get('GPU', 0):g} of {total.get('GPU', 0):g} GPUs"
+        growing = bool(status.pending_launches or status.pending_nodes)
+        fields = {"idle_s": round(idle, 1), "pending": pending, "cluster": cluster, "nodes_starting": growing, "timeout_s": self.timeout_s}
+        if growing:
+            log.warning("waiting for nodes the cluster is starting", extra={"fields": fields})
+            self.progress()
+            return
+        if idle >= self.timeout_s:
+            raise IngestStalled(
+                f"no progress for {idle:.0f} s while Ray cannot place the job's work: {'; '.join(pending)} pending "
+                f"({cluster}). Lower ingest.parse_num_cpus / ingest.embed_num_cpus (or set them to auto), free CPUs, or add "
+                "a node; ingest.stall_timeout_s sets this limit"
+            )
+        log.warning("waiting for resources", extra={"fields": fields})
+
+
+_DONE = object()
+
+
+class _Failed:
+    def __init__(self, exc: BaseException):
+        self.exc = exc
+
+
+def iter_with_guard(build: Callable[[], Any], batch_size: int, guard: StallGuard, poll_s: float = 1.0) -> Iterable[pa.Table]:
+    """The batches of the dataset `build` makes, built and pulled on a thread so that this one can
+    watch for a stall (Ray Data blocks for as long as a pending task or actor waits, which may be
+    forever)."""
+    batches: queue.Queue = queue.Queue(maxsize=4)
+
+    def pump() -> None:
+        try:
+            for batch in build().iter_batches(batch_size=batch_size, batch_format="pyarrow"):
+                batches.put(batch)
+        except BaseException as exc:
+            batches.put(_Failed(exc))
+        else:
+            batches.put(_DONE)
+
+    threading.Thread(target=pump, name="ingest-pipeline", daemon=True).start()
+    while True:
+        try:
+            item = batches.get(timeout=poll_s)
+        except queue.Empty:
+            guard.check()
+            continue
+        if item is _DONE:
+            return
+        if isinstance(item, _Failed):
+            raise item.exc
+        guard.progress()
+        yield item
+
+
 class IngestRun:
     def __init__(self, settings: RAGSettings, source: Path, full: bool = False):
         self.settings = settings
@@ -128,6 +371,7 @@ class IngestRun:
         self.reparsed_keepable: set[str] = set()
         self.parse_nodes: dict[str, str] = {}  # file -> node that parsed it
         self.embed_nodes: Counter = Counter()  # node -> chunks embedded there
+        self.resources: dict[str, Any] = {}  # what the run asked Ray for (summary.resources)
         self.index = VersionedIndex.from_settings(settings)
         self.actor = default_actor(settings.triggered_by)
 
@@ -233,6 +477,7 @@ class IngestRun:
         summary.pii_redacted = dict(sorted(totals.items()))
         summary.parse_nodes = dict(sorted(Counter(self.parse_nodes.values()).items()))
         summary.embed_nodes = dict(sorted(self.embed_nodes.items()))
+        summary.resources = self.resources
         summary.files_deleted = len(diff.deleted)
         summary.files_failed = [asdict(f) for f in failures]
         summary.files_incomplete = [
@@ -276,7 +521,9 @@ class IngestRun:
 
     def _load_model(self) -> EmbeddingModel:
         s = self.settings
-        return EmbeddingModel.from_setting(s.embedding_model, "cpu", s.embedding_query_instruction, s.hub_probe_timeout_s, torch_threads=1)
+        return EmbeddingModel.from_setting(
+            s.embedding_model, "cpu", s.embedding_query_instruction, s.hub_probe_timeout_s, torch_threads=1, backend=s.embedding_backend
+        )
 
     def _full_rebuild_reason(self, current: VersionInfo | None, spec: EmbeddingModelSpec) -> str | None:
         if current is None:
@@ -284,7 +531,7 @@ class IngestRun:
         if self.full:
             return "--full requested"
         if not same_vector_space(current.model_spec, spec):
-            return f"embedding model changed from {current.model_spec.name} to {spec.name}"
+            return f"embedding model changed from {current.model_spec.label()} to {spec.label()}"
         # Releases before parse signatures kept the PII settings here; they now live per file.
         if {k: v for k, v in current.chunking.items() if k != "pii"} != chunking_record(self.settings):
             return "chunking settings changed"
@@ -336,22 +583,113 @@ class IngestRun:
             ocr=s.ingest.ocr if s.ingest.ocr.enabled else None,
             pdf_tables=s.ingest.pdf_tables,
         )
-        resources = PipelineResources(
-            embed_batch_size=s.ingest.embed_batch_size,
-            embed_actors_min=s.ingest.embed_actors_min,
-            embed_actors_max=s.ingest.embed_actors_max,
-            embed_num_cpus=s.ingest.embed_num_cpus,
-            embed_num_gpus=embed_gpus_per_actor(s.ingest.embed_num_gpus),
-            embed_torch_threads=s.ingest.embed_torch_threads,
-            embedding_device=s.embedding_device,
-            parse_num_cpus=s.ingest.parse_num_cpus,
-        )
-        dataset = build_dataset(rows, parse_config, spec, resources)
+        resources, plan = self._resources()
+        max_files = files_per_block(s.ingest.block_max_files, len(rows), plan.parse_concurrency)
+        groups = group_files([len(row["data"]) for row in rows], max_files, int(s.ingest.block_max_mb * 2**20))
+        self.resources["blocks"] = len(groups)
+        log.info("pipeline resources", extra={"fields": self.resources})
         progress = _Progress(len(rows), s.ingest.progress_interval_s)
-        written: list[pa.Table] = []  # the id columns of every chunk written, for the manifest
-        failed_paths: dict[str, str] = {}
-        files_done: set[str] = set()
-        for batch in dataset.iter_batches(batch_size=s.ingest.write_batch_size, batch_format="pyarrow"):
+        out = _Collected()
+        self._run_pipeline(builder, rows, groups, parse_config, spec, resources, plan, progress, out)
+        written, failed_paths, files_done = out.written, out.failed_paths, out.files_done
+        # Files of a lost block (its worker crashed, was killed or ran out of memory): those that
+        # shared it with others are parsed again one per block, so one bad file cannot take its
+        # neighbours with it. What is lost again is reported below, never dropped.
+        accounted = files_done | set(failed_paths)
+        lost = [group for group in groups if len(group) > 1 and any(rows[i]["file"] not in accounted for i in group)]
+        retry = [i for group in lost for i in group if rows[i]["file"] not in accounted]
+        if retry:
+            log.warning(
+                "blocks lost in the pipeline; their files are parsed again one per block",
+                extra={"fields": {"blocks": len(lost), "files": len(retry)}},
+            )
+            self.resources["files_parsed_again"] = len(retry)
+            retry_rows = [rows[i] for i in retry]
+            single = [[i] for i in range(len(retry_rows))]
+            self._run_pipeline(builder, retry_rows, single, parse_config, spec, resources, plan, progress, out)
+        progress.finish(len(files_done) + len(failed_paths))
+
+        entries = manifest_from_rows(pa.concat_tables(written)).files if written else {}
+        failures.extend(SkippedFile(path, reason) for path, reason in sorted(failed_paths.items()))
+        accounted = set(entries) | set(failed_paths)
+        for row in rows:  # a file that produced neither chunks nor a failure row is still reported
+            if row["file"] not in accounted:
+                failures.append(SkippedFile(row["file"], LOST_REASON))
+        return entries, failures
+
+    def _resources(self) -> tuple[PipelineResources, CpuPlan]:
+        """Ray requests sized to the cluster as it is when the run starts (README, Ingest beside
+        serving); raises NoCpuToSpare when nothing is free."""
+        s = self.settings
+        ingest = s.ingest
+        embed_gpus = embed_gpus_per_actor(ingest.embed_num_gpus)
+        auto = "auto" in (ingest.parse_num_cpus, ingest.embed_num_cpus)
+        # With automatic requests, a run needs at least MIN_CPU_SHARE per actor and one parse task.
+        capacity = ClusterCapacity.read(wait_for_cpus=(ingest.embed_actors_min + 1) * MIN_CPU_SHARE if auto else 0.0)
+        self.resources = {
+            "cpus_total": capacity.cpus_total,
+            "cpus_free": round(capacity.cpus_free, 3),
+            "cores": capacity.cores,
+            "nodes": capacity.nodes,
+        }
+        try:
+            plan = plan_cpus(
+                capacity.cpus_free,
+                capacity.cores,
+                ingest.embed_actors_min,
+                ingest.parse_num_cpus,
+                ingest.embed_num_cpus,
+                ingest.parse_concurrency,
+                capacity.largest_free_on_a_node,
+            )
+        except Exception:
+            log.error("no CPU to spare for the ingest", extra={"fields": self.resources})
+            raise
+        needed = plan.parse_num_cpus + plan.embed_num_cpus * ingest.embed_actors_min
+        if needed > capacity.cpus_free + 1e-6:
+            log.warning(
+                "the configured CPU requests do not fit what is free now; the run waits for them up to ingest.stall_timeout_s",
+                extra={"fields": {**self.resources, "parse_num_cpus": plan.parse_num_cpus, "embed_num_cpus": plan.embed_num_cpus}},
+            )
+        self.resources.update(
+            parse_num_cpus=plan.parse_num_cpus,
+            embed_num_cpus=plan.embed_num_cpus,
+            parse_concurrency=plan.parse_concurrency,
+            embed_actors=[ingest.embed_actors_min, ingest.embed_actors_max],
+            embed_num_gpus=embed_gpus,
+            embed_torch_threads=ingest.embed_torch_threads or "node cores",
+        )
+        resources = PipelineResources(
+            embed_batch_size=ingest.embed_batch_size,
+            embed_actors_min=ingest.embed_actors_min,
+            embed_actors_max=ingest.embed_actors_max,
+            embed_num_cpus=plan.embed_num_cpus,
+            embed_num_gpus=embed_gpus,
+            embed_torch_threads=ingest.embed_torch_threads,
+            embedding_device=s.embedding_device,
+            parse_num_cpus=plan.parse_num_cpus,
+            parse_concurrency=plan.parse_concurrency,
+        )
+        return resources, plan
+
+    def _run_pipeline(
+        self,
+        builder: VersionBuilder,
+        rows: list[dict[str, Any]],
+        groups: list[list[int]],
+        parse_config: ParseConfig,
+        spec: EmbeddingModelSpec,
+        resources: PipelineResources,
+        plan: CpuPlan,
+        progress: _Progress,
+        out: _Collected,
+    ) -> None:
+        """One pass of the Ray Data pipeline over `rows`; the driver writes every batch."""
+        ingest = self.settings.ingest
+        written, failed_paths, files_done = out.written, out.failed_paths, out.files_done
+        guard = StallGuard(plan, resources.embed_num_gpus, ingest.stall_timeout_s, ingest.progress_interval_s)
+        build = partial(build_dataset, rows, parse_config, spec, resources, groups)
+        for batch in iter_with_guard(build, ingest.write_batch_size, guard):
             errors = batch.column("error")
             self.parse_nodes.update(zip(batch.column("file").to_pylist(), batch.column("parse_node").to_pylist()))
             for record in batch.filter(pc.not_equal(errors, "")).select(["file", "error"]).to_pylist():
@@ -369,15 +707,6 @@ class IngestRun:
                 written.append(good.select(MANIFEST_COLUMNS))
                 files_done.update(good.column("file").to_pylist())
             progress.update(good.num_rows, len(files_done) + len(failed_paths))
-        progress.finish(len(files_done) + len(failed_paths))
-
-        entries = manifest_from_rows(pa.concat_tables(written)).files if written else {}
-        failures.extend(SkippedFile(path, reason) for path, reason in sorted(failed_paths.items()))
-        accounted = set(entries) | set(failed_paths)
-        for row in rows:  # a file that produced neither chunks nor a failure row is still reported
-            if row["file"] not in accounted:
-                failures.append(SkippedFile(row["file"], "no output from the pipeline"))
-        return entries, failures
 
     def _file_actions(
         self, diff: ManifestDiff, indexed: Iterable[str], failures: list[SkippedFile], ignored: list[SkippedFile]
@@ -423,6 +752,18 @@ class IngestRun:
             record["error"] = error
         record["files"] = files
         self.index.record(record)
+
+
+@dataclass
+class _Collected:
+    """What the pipeline's passes gave the driver."""
+
+    written: list[pa.Table] = field(default_factory=list)  # the id columns of every chunk written, for the manifest
+    failed_paths: dict[str, str] = field(default_factory=dict)  # file -> reason
+    files_done: set[str] = field(default_factory=set)
+
+
+LOST_REASON = "no output from the pipeline: the worker parsing it was lost (crashed, killed or out of memory)"
 
 
 class _Progress:

@@ -1,7 +1,14 @@
 """The embedding model: resolving 'auto', loading, and a spec that pins the model to an index.
 
-The spec recorded with every index version says which model produced its vectors and how
-queries must be embedded (the query prefix). The query side loads exactly that model or refuses.
+The spec recorded with every index version says which model produced its vectors, how queries
+must be embedded (the query prefix) and on which backend the model ran. The query side loads
+exactly that model or refuses.
+
+Backends (`embedding_backend`): `torch` (sentence-transformers as is), `onnx` (the same fp32
+weights on ONNX Runtime) and `onnx-int8` (dynamically quantized). torch and onnx give the same
+vectors (cosine > 0.9999, measured) and count as one vector space: an index built with one is
+queried with either. int8 vectors differ measurably, so an int8 index is its own vector space:
+switching to or from it re-embeds everything, and its queries are embedded with int8 too.
 """
 
 from __future__ import annotations
@@ -28,6 +35,13 @@ SOURCE_HUB = "hub"
 SOURCE_PATH = "path"
 SOURCE_PACKAGE = "package"
 
+# What runs the model, and which vector space each backend's output belongs to.
+BACKEND_TORCH = "torch"
+BACKEND_ONNX = "onnx"
+BACKEND_ONNX_INT8 = "onnx-int8"
+BACKENDS = (BACKEND_TORCH, BACKEND_ONNX, BACKEND_ONNX_INT8)
+_PRECISION = {BACKEND_TORCH: "fp32", BACKEND_ONNX: "fp32", BACKEND_ONNX_INT8: "int8"}
+
 
 class EmbeddingModelError(RuntimeError):
     """The embedding model cannot be loaded, or does not match the index."""
@@ -40,13 +54,18 @@ class EmbeddingModelSpec:
     dimension: int
     query_prefix: str
     normalize: bool = True
+    backend: str = BACKEND_TORCH  # what produced the index's vectors; indexes from before backends: torch
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> EmbeddingModelSpec:
-        return cls(**{k: data[k] for k in ("name", "source", "dimension", "query_prefix", "normalize")})
+        fields = {k: data[k] for k in ("name", "source", "dimension", "query_prefix", "normalize")}
+        return cls(**fields, backend=data.get("backend", BACKEND_TORCH))
+
+    def label(self) -> str:
+        return self.name if self.backend == BACKEND_TORCH else f"{self.name} ({self.backend})"
 
     def weights_location(self) -> str:
         """What SentenceTransformer should load on this machine."""
@@ -56,8 +75,39 @@ class EmbeddingModelSpec:
 
 
 def same_vector_space(a: EmbeddingModelSpec, b: EmbeddingModelSpec) -> bool:
-    """Vectors are comparable when the model and query policy match, wherever the weights came from."""
-    return (a.name, a.dimension, a.query_prefix, a.normalize) == (b.name, b.dimension, b.query_prefix, b.normalize)
+    """Vectors are comparable when the model, query policy and precision match, wherever the weights
+    came from: torch and onnx (both fp32) are one space, onnx-int8 another (an unknown backend, its own)."""
+    a_precision, b_precision = _PRECISION.get(a.backend, a.backend), _PRECISION.get(b.backend, b.backend)
+    return (a.name, a.dimension, a.query_prefix, a.normalize, a_precision) == (
+        b.name,
+        b.dimension,
+        b.query_prefix,
+        b.normalize,
+        b_precision,
+    )
+
+
+def precision_of(backend: str) -> str:
+    try:
+        return _PRECISION[backend]
+    except KeyError:
+        raise EmbeddingModelError(f"unknown embedding backend {backend!r}: use one of {', '.join(BACKENDS)}") from None
+
+
+def backend_for(spec: EmbeddingModelSpec, preferred: str | None) -> str:
+    """The backend to embed queries for an index with: the preferred one when its vectors are the
+    index's (torch <-> onnx), else the one the index was built with."""
+    if preferred is None or preferred == spec.backend:
+        return spec.backend
+    if precision_of(preferred) == precision_of(spec.backend):
+        return preferred
+    log.info(
+        "embedding backend %s gives other vectors than the index's %s: using %s for this index",
+        preferred,
+        spec.backend,
+        spec.backend,
+    )
+    return spec.backend
 
 
 def packaged_minilm_path() -> str:
@@ -103,16 +153,20 @@ def hub_reachable(timeout_s: float) -> bool:
 
 
 class EmbeddingModel:
-    """A loaded sentence-transformers model that embeds documents and queries per its spec."""
+    """A loaded sentence-transformers model that embeds documents and queries per its spec.
 
-    def __init__(self, spec: EmbeddingModelSpec, device: str = "cpu", torch_threads: int | None = None):
+    `backend` is what actually runs it (the spec's, or another in the same vector space);
+    `torch_threads` also sets ONNX Runtime's threads for the onnx backends."""
+
+    def __init__(self, spec: EmbeddingModelSpec, device: str = "cpu", torch_threads: int | None = None, backend: str | None = None):
         if torch_threads:
             import torch
 
             torch.set_num_threads(torch_threads)
         self.spec = spec
         self.device = device
-        self._model = _load_sentence_transformer(spec.weights_location(), device, local_only=True)
+        self.backend = _runnable_on(device, backend_for(spec, backend))
+        self._model = _load_encoder(spec.weights_location(), device, True, self.backend, torch_threads)
         dimension = _dimension_of(self._model)
         if dimension != spec.dimension:
             raise EmbeddingModelError(
@@ -128,22 +182,28 @@ class EmbeddingModel:
         query_instruction: str = "auto",
         hub_probe_timeout_s: float = 3.0,
         torch_threads: int | None = None,
+        backend: str = BACKEND_TORCH,
     ) -> EmbeddingModel:
         """Resolve 'auto', a Hub id or a folder into a loaded model and its spec."""
+        precision_of(backend)  # refuses an unknown backend before loading anything
         device = resolve_device(device)
         if torch_threads:
             import torch
 
             torch.set_num_threads(torch_threads)
         model, name, source = _load_by_setting(model_setting, device, hub_probe_timeout_s)
+        running = _runnable_on(device, backend)
+        if running != BACKEND_TORCH:
+            model = _on_onnx(model, device, running, torch_threads)
         spec = EmbeddingModelSpec(
             name=name,
             source=source,
             dimension=_dimension_of(model),
             query_prefix=query_prefix_for(name, query_instruction),
+            backend=backend,
         )
         instance = cls.__new__(cls)
-        instance.spec, instance.device, instance._model = spec, device, model
+        instance.spec, instance.device, instance.backend, instance._model = spec, device, running, model
         return instance
 
     def embed_documents(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
@@ -176,6 +236,39 @@ def _load_sentence_transformer(location: str, device: str, local_only: bool) -> 
     transformers_logging.disable_progress_bar()  # one bar per replica load floods job logs
 
     return SentenceTransformer(location, device=device, local_files_only=local_only)
+
+
+def _runnable_on(device: str, backend: str) -> str:
+    """fp32 onnx on a GPU without ONNX Runtime's CUDA provider (the CPU wheel) runs as torch on the GPU
+    instead: the same vectors, far faster than ONNX Runtime on the CPU. int8 stays an ONNX Runtime model."""
+    if backend != BACKEND_ONNX or not device.startswith("cuda"):
+        return backend
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        return backend
+    log.info("embedding backend onnx on %s: this onnxruntime has no CUDA provider, running the same fp32 model with torch", device)
+    return BACKEND_TORCH
+
+
+def _load_encoder(location: str, device: str, local_only: bool, backend: str, threads: int | None) -> Any:
+    if backend == BACKEND_TORCH:
+        return _load_sentence_transformer(location, device, local_only)
+    precision_of(backend)
+    return _on_onnx(_load_sentence_transformer(location, "cpu", local_only), device, backend, threads)
+
+
+def _on_onnx(model: Any, device: str, backend: str, threads: int | None) -> Any:
+    """The loaded model's ONNX export (made and cached on first use), run by ONNX Runtime."""
+    from rag_core.embedding_onnx import OnnxSentenceEncoder, ensure_exported
+
+    if device != "cpu":
+        model = model.to("cpu")  # the export traces on CPU
+    try:
+        path, _ = ensure_exported(model, quantized=backend == BACKEND_ONNX_INT8)
+    except ImportError as exc:
+        raise EmbeddingModelError(f"embedding backend {backend!r} needs onnx, onnxscript and onnxruntime: {exc}") from exc
+    return OnnxSentenceEncoder(model, path, threads, device)
 
 
 def _load_by_setting(setting: str, device: str, probe_timeout_s: float) -> tuple[Any, str, str]:
@@ -230,10 +323,13 @@ def _load_from_hub_id(model_id: str, device: str, probe_timeout_s: float) -> Any
         raise EmbeddingModelError(f"cannot load embedding model {model_id!r}: {exc}") from exc
 
 
-def load_for_spec(spec: EmbeddingModelSpec, device: str = "auto", torch_threads: int | None = None) -> EmbeddingModel:
-    """Load exactly the model an index was built with, or raise a clear error."""
+def load_for_spec(
+    spec: EmbeddingModelSpec, device: str = "auto", torch_threads: int | None = None, backend: str | None = None
+) -> EmbeddingModel:
+    """Load exactly the model an index was built with, or raise a clear error. `backend` is a
+    preference, used when it gives the index's vectors (see `backend_for`); None: the spec's."""
     try:
-        return EmbeddingModel(spec, resolve_device(device), torch_threads)
+        return EmbeddingModel(spec, resolve_device(device), torch_threads, backend)
     except EmbeddingModelError:
         raise
     except Exception as exc:

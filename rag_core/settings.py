@@ -122,14 +122,35 @@ class IngestSettings(BaseModel):
     embed_batch_size: int = Field(64, ge=1, description="Chunks per embedding call on a worker.")
     embed_actors_min: int = Field(1, ge=1, description="Embedding actor pool: minimum size.")
     embed_actors_max: int = Field(1, ge=1, description="Embedding actor pool: maximum size.")
-    embed_num_cpus: float = Field(1.0, ge=0)
+    embed_num_cpus: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto",
+        description="CPUs each embedding actor asks Ray for. 'auto': a share of what is free in the cluster when the job "
+        "starts (at least 0.05, at most 1), so an ingest fits beside a serving graph; a number is used as given.",
+    )
     embed_num_gpus: Annotated[float, Field(ge=0)] | Literal["auto"] = Field(
         "auto",
         description="GPUs per embedding actor. 'auto': 1 when the cluster has GPUs when the job starts, else 0; "
         "a number > 0 also makes an autoscaling cluster start GPU workers for the job.",
     )
     embed_torch_threads: int | None = Field(None, ge=1, description="Torch threads per embedding actor; default: the node's cores.")
-    parse_num_cpus: float = Field(1.0, gt=0)
+    parse_num_cpus: Annotated[float, Field(gt=0)] | Literal["auto"] = Field(
+        "auto",
+        description="CPUs each parse task asks Ray for. 'auto': a share of what is free in the cluster when the job starts "
+        "(at least 0.05, at most 1); a number is used as given.",
+    )
+    parse_concurrency: Annotated[int, Field(ge=1)] | Literal["auto"] = Field(
+        "auto", description="Parse tasks running at once. 'auto': the cores of the cluster's nodes (not their logical CPUs)."
+    )
+    block_max_files: int = Field(64, ge=1, description="Small files are parsed together, up to this many per block (one task).")
+    block_max_mb: float = Field(
+        1.0, gt=0, description="A block of small files holds at most this many MB; a file this large or larger is a block alone."
+    )
+    stall_timeout_s: float = Field(
+        300.0,
+        gt=0,
+        description="Fail the run when no chunk has come out of the pipeline for this long while Ray cannot place the job's "
+        "tasks or actors (pending resource demands); raise it on clusters that start nodes for the job.",
+    )
     write_batch_size: int = Field(512, ge=1, description="Chunks per store write on the driver.")
     keep_versions: int = Field(5, ge=1, description="Committed versions kept for rollback.")
     lock_timeout_s: float = Field(0.0, ge=0, description="How long a second run waits for the lock.")
@@ -291,6 +312,12 @@ class RAGSettings(BaseSettings):
         description="'auto' (bge-small-en-v1.5 if loadable, else packaged all-MiniLM-L6-v2), a Hugging Face id, or a local folder.",
     )
     embedding_device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
+    embedding_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
+        "torch",
+        description="What runs the embedding model: torch, or ONNX Runtime (fp32, or int8 quantized) from a local export cached "
+        "in ~/.cache/rag-service/onnx. Recorded in the index: an onnx-int8 index is its own vector space (switching re-embeds, "
+        "its queries use int8); torch and onnx vectors are interchangeable (measured: README, Embedding model).",
+    )
     embedding_query_instruction: str = Field("auto", description="'auto' (bge instruction for bge models), 'none', or a literal prefix.")
     hub_probe_timeout_s: float = Field(3.0, gt=0, description="How long 'auto' waits for the Hugging Face Hub before falling back.")
     chroma_url: str | None = Field(

@@ -28,10 +28,9 @@ if [ -z "${RAG_REDIS_URL:-}" ] && python -c "import redis; redis.Redis(socket_ti
 fi
 if ! ray status --address "127.0.0.1:${RAY_GCS_PORT:-6380}" >/dev/null 2>&1; then
   # Port 6380: Ray's default GCS port 6379 is Redis's. The cluster inherits RAG_* from here.
-  # At least 4 logical CPUs, even on 2 cores: the Serve graph reserves 1.5 at minimum replicas
-  # and a later ingest (parse tasks + an embedding actor) must still be schedulable beside it.
-  CPUS=$(nproc); [ "$CPUS" -lt 4 ] && CPUS=4
-  ray start --head --port="${RAY_GCS_PORT:-6380}" --num-cpus "${RAY_NUM_CPUS:-$CPUS}" --dashboard-host 127.0.0.1 \
+  # The machine's real cores: the Serve graph reserves 1.5 CPUs at minimum replicas, and a later
+  # ingest sizes its parse tasks and embedding actor to what is left (README, Ingest beside serving).
+  ray start --head --port="${RAY_GCS_PORT:-6380}" --num-cpus "${RAY_NUM_CPUS:-$(nproc)}" --dashboard-host 127.0.0.1 \
     --dashboard-port "${RAY_DASHBOARD_PORT:-8265}" --metrics-export-port "${RAY_METRICS_PORT:-8080}" \
     --disable-usage-stats >/dev/null
 fi

@@ -52,6 +52,7 @@ class EmbedderDeployment:
             settings.embedding_device,
             _torch_threads(settings),
             settings.retrieval.reload_check_interval_s,
+            settings.embedding_backend,
         )
         self.embedder.ensure_model(force=True)
         self.embed.set_max_batch_size(settings.api.embed_max_batch_size)

@@ -17,12 +17,23 @@ log = logging.getLogger("serve_app.embedder")
 
 
 class QueryEmbedder:
-    """Loads the current version's model; reloads when a new version uses another model."""
+    """Loads the current version's model; reloads when a new version uses another model.
 
-    def __init__(self, index: VersionedIndex, device: str = "auto", torch_threads: int | None = None, check_interval_s: float = 2.0):
+    `backend` (settings.embedding_backend) is used where it gives the index's vectors; None, or an
+    index built with int8, embeds queries with the index's recorded backend."""
+
+    def __init__(
+        self,
+        index: VersionedIndex,
+        device: str = "auto",
+        torch_threads: int | None = None,
+        check_interval_s: float = 2.0,
+        backend: str | None = None,
+    ):
         self.index = index
         self.device = device
         self.torch_threads = torch_threads
+        self.backend = backend
         self.check_interval_s = check_interval_s
         self._model: EmbeddingModel | None = None
         self._checked_at = 0.0
@@ -46,7 +57,7 @@ class QueryEmbedder:
             spec = info.model_spec
             if self._model is None or not same_vector_space(self._model.spec, spec):
                 try:
-                    self._model = load_for_spec(spec, self.device, self.torch_threads)
+                    self._model = load_for_spec(spec, self.device, self.torch_threads, self.backend)
                     log.info("embedding model loaded", extra={"fields": {"model": spec.name, "index_version": info.version}})
                 except EmbeddingModelError as exc:
                     self.error = str(exc)

@@ -32,7 +32,9 @@ class LocalStages(Stages):
 
     def __init__(self, settings: RAGSettings, torch_threads: int | None = None):
         index = VersionedIndex.from_settings(settings)
-        self.embedder = QueryEmbedder(index, settings.embedding_device, torch_threads, settings.retrieval.reload_check_interval_s)
+        self.embedder = QueryEmbedder(
+            index, settings.embedding_device, torch_threads, settings.retrieval.reload_check_interval_s, settings.embedding_backend
+        )
         self.embedder.ensure_model(force=True)
         self.retriever = HybridRetriever(index, settings.retrieval)
         self.retriever.maybe_reload()

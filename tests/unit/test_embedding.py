@@ -5,12 +5,20 @@ from __future__ import annotations
 import logging
 import socket
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+from pydantic import ValidationError
 
+from rag_core import embedding, embedding_onnx
 from rag_core.embedding import (
+    BACKEND_ONNX,
+    BACKEND_ONNX_INT8,
+    BACKEND_TORCH,
     BGE_QUERY_INSTRUCTION,
     BGE_SMALL,
     PACKAGED_MINILM,
@@ -20,11 +28,14 @@ from rag_core.embedding import (
     EmbeddingModel,
     EmbeddingModelError,
     EmbeddingModelSpec,
+    backend_for,
     load_for_spec,
     packaged_minilm_path,
     query_prefix_for,
     same_vector_space,
 )
+from rag_core.embedding_onnx import ensure_exported, weights_fingerprint
+from rag_core.settings import load_settings
 
 PACKAGED_SPEC = EmbeddingModelSpec(PACKAGED_MINILM, SOURCE_PACKAGE, 384, "")
 TEXTS = ["The cat sat on the mat.", "Ray Data runs the ingest pipeline.", "x"]
@@ -187,3 +198,178 @@ def test_same_vector_space_ignores_where_weights_come_from() -> None:
     assert not same_vector_space(PACKAGED_SPEC, EmbeddingModelSpec(BGE_SMALL, SOURCE_HUB, 384, ""))
     assert not same_vector_space(PACKAGED_SPEC, EmbeddingModelSpec(PACKAGED_MINILM, SOURCE_PACKAGE, 768, ""))
     assert not same_vector_space(PACKAGED_SPEC, EmbeddingModelSpec(PACKAGED_MINILM, SOURCE_PACKAGE, 384, "", normalize=False))
+
+
+# -- backends: torch, ONNX Runtime fp32 and int8 -----------------------------------------------
+# Real exports of the packaged weights into a fresh cache folder (once for the module: about 20 s).
+AGREEMENT_TEXTS = [
+    *TEXTS,
+    "How many vacation days do employees get after five years at the company?",
+    "Ray Serve scales the replicas of each deployment between its minimum and maximum. " * 40,  # cut at 256 tokens
+]
+# Measured (benchmarks/results/embedding_backends.md): fp32 onnx agrees with torch to cosine 1.00000;
+# int8 to a median of 0.993, minimum 0.982 over 300 questions and 512 SciFact chunks (0.976 for "x").
+ONNX_MIN_COSINE = 0.999
+INT8_MIN_COSINE = 0.95
+
+
+@pytest.fixture(scope="module")
+def onnx_cache(tmp_path_factory: pytest.TempPathFactory):
+    root = tmp_path_factory.mktemp("onnx-cache")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RAG_ONNX_CACHE_DIR", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def onnx_model(onnx_cache: Path) -> EmbeddingModel:
+    return load_for_spec(replace(PACKAGED_SPEC, backend=BACKEND_ONNX), device="cpu", torch_threads=1)
+
+
+@pytest.fixture(scope="module")
+def int8_model(onnx_cache: Path, onnx_model: EmbeddingModel) -> EmbeddingModel:
+    return load_for_spec(replace(PACKAGED_SPEC, backend=BACKEND_ONNX_INT8), device="cpu", torch_threads=1)
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+def test_onnx_vectors_agree_with_torch(model: EmbeddingModel, onnx_model: EmbeddingModel) -> None:
+    assert onnx_model.backend == BACKEND_ONNX and onnx_model.spec.backend == BACKEND_ONNX
+    vectors = onnx_model.embed_documents(AGREEMENT_TEXTS, batch_size=2)
+    assert vectors.shape == (len(AGREEMENT_TEXTS), 384) and vectors.dtype == np.float32
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    assert cosines(vectors, model.embed_documents(AGREEMENT_TEXTS)).min() > ONNX_MIN_COSINE
+
+
+def test_int8_vectors_agree_with_torch_within_the_measured_bound(model: EmbeddingModel, int8_model: EmbeddingModel) -> None:
+    vectors = int8_model.embed_documents(AGREEMENT_TEXTS)
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    agreement = cosines(vectors, model.embed_documents(AGREEMENT_TEXTS))
+    assert agreement.min() > INT8_MIN_COSINE
+    assert agreement.max() < 0.99999  # it is quantized: not the fp32 graph by mistake
+
+
+def test_onnx_batches_give_the_vectors_of_single_texts(onnx_model: EmbeddingModel) -> None:
+    # Padding inside a batch and the length-sorted batching must not change any text's vector.
+    batched = onnx_model.embed_documents(AGREEMENT_TEXTS, batch_size=64)
+    alone = np.vstack([onnx_model.embed_documents([t]) for t in AGREEMENT_TEXTS])
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+
+
+def test_onnx_queries_get_the_spec_prefix(onnx_cache: Path, model: EmbeddingModel) -> None:
+    prefixed = load_for_spec(replace(PACKAGED_SPEC, query_prefix="query: ", backend=BACKEND_ONNX), device="cpu")
+    assert cosines(prefixed.embed_queries(["cats"]), model.embed_documents(["query: cats"]))[0] > ONNX_MIN_COSINE
+    assert prefixed.embed_queries([]).shape == (0, 384)
+
+
+def test_the_export_is_cached_and_reused(onnx_cache: Path, onnx_model: EmbeddingModel, int8_model: EmbeddingModel, monkeypatch) -> None:
+    (folder,) = [p for p in onnx_cache.iterdir() if p.is_dir()]
+    assert folder.name == weights_fingerprint(onnx_model._model._model)
+    files = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.onnx")}
+    assert set(files) == {"model.onnx", "model-int8.onnx"}
+    assert not list(folder.glob("*.tmp"))  # written under temporary names, then renamed
+
+    def no_export(*args: object) -> None:
+        raise AssertionError("exported again instead of using the cache")
+
+    monkeypatch.setattr(embedding_onnx, "_export_fp32", no_export)
+    monkeypatch.setattr(embedding_onnx, "_quantize_int8", no_export)
+    for backend in (BACKEND_ONNX, BACKEND_ONNX_INT8):
+        again = load_for_spec(replace(PACKAGED_SPEC, backend=backend), device="cpu")
+        assert again.embed_documents(["x"]).shape == (1, 384)
+    assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.onnx")} == files
+
+
+def test_other_weights_or_settings_get_another_cache_folder(onnx_model: EmbeddingModel) -> None:
+    st = onnx_model._model._model  # the loaded SentenceTransformer behind the ONNX session
+    original = weights_fingerprint(st)
+    weight = next(iter(st.parameters()))
+    with torch.no_grad():
+        weight[0, 0] += 1e-3
+        try:
+            assert weights_fingerprint(st) != original
+        finally:
+            weight[0, 0] -= 1e-3
+    assert weights_fingerprint(st) == original
+    st.max_seq_length, length = 128, st.max_seq_length
+    try:
+        assert weights_fingerprint(st) != original
+    finally:
+        st.max_seq_length = length
+
+
+def test_concurrent_loaders_export_once(tmp_path: Path, onnx_model: EmbeddingModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    exports = []
+
+    def slow_export(model: object, target: Path) -> None:
+        exports.append(target)
+        time.sleep(0.5)
+        target.write_bytes(b"onnx")
+
+    monkeypatch.setattr(embedding_onnx, "_export_fp32", slow_export)
+    st = onnx_model._model._model
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: ensure_exported(st, quantized=False, root=tmp_path), range(4)))
+    assert len(exports) == 1
+    assert sum(exported for _, exported in results) == 1
+    assert len({path for path, _ in results}) == 1 and results[0][0].read_bytes() == b"onnx"
+
+
+def test_unknown_backend_is_refused_by_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("RAG_EMBEDDING_BACKEND", "openvino")
+    with pytest.raises(ValidationError) as caught:
+        load_settings()
+    message = str(caught.value)
+    assert "embedding_backend" in message and "'torch', 'onnx' or 'onnx-int8'" in message
+    monkeypatch.setenv("RAG_EMBEDDING_BACKEND", "onnx-int8")
+    assert load_settings().embedding_backend == "onnx-int8"
+    monkeypatch.delenv("RAG_EMBEDDING_BACKEND")
+    assert load_settings().embedding_backend == "torch"
+
+
+def test_unknown_backend_is_refused_by_the_loader() -> None:
+    with pytest.raises(EmbeddingModelError, match="unknown embedding backend 'openvino'"):
+        load_for_spec(replace(PACKAGED_SPEC, backend="openvino"), device="cpu")
+    with pytest.raises(EmbeddingModelError, match="unknown embedding backend"):
+        EmbeddingModel.from_setting("auto", device="cpu", backend="tensorrt")
+
+
+def test_the_spec_records_the_backend_and_old_specs_read_as_torch() -> None:
+    int8 = replace(PACKAGED_SPEC, backend=BACKEND_ONNX_INT8)
+    assert int8.to_dict()["backend"] == "onnx-int8"
+    assert EmbeddingModelSpec.from_dict(int8.to_dict()) == int8
+    recorded_before_backends = {k: v for k, v in PACKAGED_SPEC.to_dict().items() if k != "backend"}
+    assert EmbeddingModelSpec.from_dict(recorded_before_backends).backend == BACKEND_TORCH
+    assert int8.label() == "sentence-transformers/all-MiniLM-L6-v2 (onnx-int8)" and PACKAGED_SPEC.label() == PACKAGED_MINILM
+
+
+def test_torch_and_onnx_share_a_vector_space_int8_does_not() -> None:
+    onnx, int8 = (replace(PACKAGED_SPEC, backend=b) for b in (BACKEND_ONNX, BACKEND_ONNX_INT8))
+    assert same_vector_space(PACKAGED_SPEC, onnx)
+    assert not same_vector_space(PACKAGED_SPEC, int8) and not same_vector_space(onnx, int8)
+    # Queries use the configured backend only where it gives the index's vectors.
+    assert backend_for(PACKAGED_SPEC, BACKEND_ONNX) == BACKEND_ONNX
+    assert backend_for(onnx, BACKEND_TORCH) == BACKEND_TORCH
+    assert backend_for(int8, BACKEND_TORCH) == BACKEND_ONNX_INT8
+    assert backend_for(PACKAGED_SPEC, BACKEND_ONNX_INT8) == BACKEND_TORCH
+    assert backend_for(int8, None) == BACKEND_ONNX_INT8
+
+
+def test_auto_with_the_onnx_backend_records_it(onnx_cache: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    loaded = EmbeddingModel.from_setting("auto", device="cpu", backend=BACKEND_ONNX)
+    assert loaded.spec == replace(PACKAGED_SPEC, backend=BACKEND_ONNX) and loaded.backend == BACKEND_ONNX
+    assert loaded.embed_documents(["x"]).shape == (1, 384)
+
+
+def test_fp32_onnx_on_a_gpu_without_the_cuda_provider_runs_as_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    import onnxruntime
+
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CPUExecutionProvider"])
+    assert embedding._runnable_on("cuda:0", BACKEND_ONNX) == BACKEND_TORCH  # same vectors, and on the GPU
+    assert embedding._runnable_on("cuda", BACKEND_ONNX_INT8) == BACKEND_ONNX_INT8  # int8 is its own space
+    assert embedding._runnable_on("cpu", BACKEND_ONNX) == BACKEND_ONNX
+    monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
+    assert embedding._runnable_on("cuda", BACKEND_ONNX) == BACKEND_ONNX

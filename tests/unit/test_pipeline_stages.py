@@ -1,9 +1,12 @@
-"""The pipeline stages as plain callables (no Ray): ParseAndChunk and EmbedChunks."""
+"""The pipeline stages as plain callables (no Ray): ParseAndChunk and EmbedChunks; how files are
+grouped into blocks, and how a run's CPU requests are sized to the cluster."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
+import random
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +14,25 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from ingest_jobs.pipeline import EmbedChunks, ParseAndChunk, ParseConfig, current_node_id, file_row, make_chunk_id, parsed_schema
+from ingest_jobs.pipeline import (
+    MIN_CPU_SHARE,
+    CpuPlan,
+    EmbedChunks,
+    NoCpuToSpare,
+    ParseAndChunk,
+    ParseConfig,
+    current_node_id,
+    file_row,
+    files_per_block,
+    group_files,
+    make_chunk_id,
+    node_cores,
+    pack_block,
+    parse_and_chunk_batch,
+    parsed_schema,
+    plan_cpus,
+    unpack_blocks,
+)
 from rag_core.embedding import PACKAGED_MINILM, SOURCE_PACKAGE, EmbeddingModelSpec
 from rag_core.index_reader import IndexReader
 from rag_core.index_store import VersionedIndex, chunk_schema, manifest_from_rows
@@ -206,3 +227,125 @@ def test_stage_output_is_written_and_found_in_the_index(tmp_path: Path, mixed_fi
         assert reader.count() == good.num_rows
     finally:
         reader.close()
+
+
+# -- Blocks -----------------------------------------------------------------------------------
+KB, MB = 1024, 2**20
+
+
+def test_small_files_share_blocks_up_to_the_file_count() -> None:
+    assert group_files([2 * KB] * 10, max_files=4, max_bytes=MB) == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
+
+
+def test_small_files_share_blocks_up_to_the_byte_size() -> None:
+    # 300 KB files under a 1 MB cap: three fit (900 KB), a fourth would not.
+    assert group_files([300 * KB] * 7, max_files=64, max_bytes=MB) == [[0, 1, 2], [3, 4, 5], [6]]
+
+
+def test_big_files_are_alone_and_split_the_run_of_small_ones_around_them() -> None:
+    sizes = [KB, KB, 5 * MB, KB, MB, KB, KB]  # a file of exactly max_bytes counts as big
+    assert group_files(sizes, max_files=64, max_bytes=MB) == [[0, 1], [2], [3], [4], [5, 6]]
+
+
+def test_one_file_per_block_when_max_files_is_one() -> None:
+    assert group_files([KB, 2 * MB, KB], max_files=1, max_bytes=MB) == [[0], [1], [2]]
+
+
+def test_no_files_no_blocks() -> None:
+    assert group_files([], max_files=64, max_bytes=MB) == []
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_every_file_is_in_exactly_one_block_in_order_within_the_limits(seed: int) -> None:
+    rng = random.Random(seed)
+    sizes = [rng.choice([0, 200, 3 * KB, 40 * KB, 700 * KB, 3 * MB]) for _ in range(500)]
+    groups = group_files(sizes, max_files=16, max_bytes=MB)
+
+    assert [index for group in groups for index in group] == list(range(len(sizes)))  # each once, order kept
+    for group in groups:
+        assert 1 <= len(group) <= 16
+        if len(group) > 1:
+            assert sum(sizes[i] for i in group) <= MB and all(sizes[i] < MB for i in group)  # big files never share
+    big = [i for i, size in enumerate(sizes) if size >= MB]
+    assert big and all([i] in groups for i in big)
+    # Packing is greedy: a block closes only when the next small file would not fit.
+    for this, following in zip(groups, groups[1:]):
+        nxt = following[0]
+        if len(this) > 1 and sizes[nxt] < MB:
+            assert len(this) == 16 or sum(sizes[i] for i in this) + sizes[nxt] > MB
+
+
+def test_a_packed_block_unpacks_to_its_files_in_order_and_parses_like_them(mixed_files: pa.Table) -> None:
+    rows = mixed_files.to_pylist()
+    packed = pa.Table.from_pylist([pack_block(rows)])  # one row of lists, as build_dataset hands a block to Ray Data
+    assert packed.num_rows == 1
+    assert unpack_blocks(packed).to_pylist() == rows
+    assert unpack_blocks(mixed_files) is mixed_files  # already a row per file
+    assert parse_and_chunk_batch(packed, CONFIG).equals(ParseAndChunk(CONFIG)(mixed_files))
+    # Two blocks in one batch (Ray Data never does this with batch_size=None, but it stays correct).
+    two = pa.Table.from_pylist([pack_block(rows[:1]), pack_block(rows[1:])])
+    assert unpack_blocks(two).to_pylist() == rows
+
+
+def test_files_per_block_keeps_several_blocks_per_parse_task_in_small_runs() -> None:
+    assert files_per_block(64, files=5183, parse_concurrency=2) == 64
+    assert files_per_block(64, files=40, parse_concurrency=2) == 5  # 8 blocks for 2 tasks
+    assert files_per_block(64, files=3, parse_concurrency=2) == 1
+    assert files_per_block(64, files=0, parse_concurrency=2) == 1
+
+
+# -- CPU requests -------------------------------------------------------------------------------
+def test_beside_a_serving_graph_the_requests_share_what_is_free() -> None:
+    # 2 CPUs, the Serve graph holds 1.5: one embedding actor and two parse tasks share 0.5.
+    plan = plan_cpus(free_cpus=0.5, cores=2, embed_actors=1)
+    assert plan == CpuPlan(parse_num_cpus=0.16, embed_num_cpus=0.16, parse_concurrency=2)
+    assert plan.parse_num_cpus * plan.parse_concurrency + plan.embed_num_cpus <= 0.5
+
+
+def test_alone_the_requests_take_the_free_cpus_at_most_one_each() -> None:
+    assert plan_cpus(free_cpus=2.0, cores=2, embed_actors=1) == CpuPlan(0.66, 0.66, 2)
+    # 4 logical CPUs declared on 2 cores: concurrency follows the cores, requests stay <= 1 CPU.
+    assert plan_cpus(free_cpus=4.0, cores=2, embed_actors=1) == CpuPlan(1.0, 1.0, 2)
+    assert plan_cpus(free_cpus=64.0, cores=64, embed_actors=2) == CpuPlan(0.96, 0.96, 64)
+
+
+def test_little_free_means_fewer_parse_tasks_before_giving_up() -> None:
+    plan = plan_cpus(free_cpus=0.12, cores=8, embed_actors=1)
+    assert plan.parse_num_cpus >= MIN_CPU_SHARE and plan.embed_num_cpus >= MIN_CPU_SHARE
+    assert plan.parse_concurrency == 1 and plan == CpuPlan(0.06, 0.06, 1)
+    assert plan_cpus(free_cpus=0.1, cores=2, embed_actors=1) == CpuPlan(0.05, 0.05, 1)
+
+
+@pytest.mark.parametrize("free", [0.0, 0.09, -0.5])
+def test_nothing_to_spare_fails_with_the_reason(free: float) -> None:
+    with pytest.raises(NoCpuToSpare) as error:
+        plan_cpus(free_cpus=free, cores=2, embed_actors=1)
+    message = str(error.value)
+    assert "no CPU to spare for the ingest" in message and f"{MIN_CPU_SHARE} CPU" in message
+    assert "ingest.parse_num_cpus" in message
+
+
+def test_two_embedding_actors_need_a_share_each() -> None:
+    with pytest.raises(NoCpuToSpare):
+        plan_cpus(free_cpus=0.14, cores=2, embed_actors=2)
+    assert plan_cpus(free_cpus=0.15, cores=2, embed_actors=2) == CpuPlan(0.05, 0.05, 1)
+
+
+def test_explicit_requests_are_used_as_given() -> None:
+    assert plan_cpus(0.5, 2, 1, parse_num_cpus=1.0, embed_num_cpus=1.0) == CpuPlan(1.0, 1.0, 2)
+    assert plan_cpus(0.5, 2, 1, parse_concurrency=3) == CpuPlan(0.12, 0.12, 3)
+    # One explicit: the automatic one gets what is left after it.
+    assert plan_cpus(2.0, 2, 1, parse_num_cpus=1.0) == CpuPlan(1.0, 1.0, 2)
+    assert plan_cpus(0.5, 2, 1, embed_num_cpus=0.3) == CpuPlan(0.1, 0.3, 2)
+    with pytest.raises(NoCpuToSpare, match=r"after ingest.parse_num_cpus=1"):
+        plan_cpus(0.5, 2, 1, parse_num_cpus=1.0)
+
+
+def test_a_request_never_exceeds_what_one_node_has_free() -> None:
+    assert plan_cpus(free_cpus=3.0, cores=4, embed_actors=1, largest_free_on_a_node=0.3) == CpuPlan(0.3, 0.3, 4)
+    with pytest.raises(NoCpuToSpare):
+        plan_cpus(free_cpus=0.5, cores=4, embed_actors=1, largest_free_on_a_node=0.04)
+
+
+def test_node_cores_are_the_cores_this_process_may_use() -> None:
+    assert 1 <= node_cores() <= len(os.sched_getaffinity(0)) <= (os.cpu_count() or 1)
