@@ -66,7 +66,12 @@ def ocr_factory(settings: OCRSettings | None) -> Any:
     def make() -> Any:
         from rag_core.ocr import TesseractOcr
 
-        return TesseractOcr(tuple(settings.languages), settings.tesseract_cmd, settings.dpi, settings.timeout_s)
+        engine = TesseractOcr(tuple(settings.languages), settings.tesseract_cmd, settings.dpi, settings.timeout_s)
+        if not settings.cache_dir:
+            return engine
+        from rag_core.ocr_cache import CachingOcr, OcrCache
+
+        return CachingOcr(engine, OcrCache(settings.cache_dir))
 
     return make
 

@@ -87,6 +87,11 @@ class OCRSettings(BaseModel):
     dpi: int = Field(300, ge=72, le=600, description="Resolution PDF pages are rendered at for OCR.")
     tesseract_cmd: str = Field("tesseract", min_length=1, description="The tesseract binary (name on PATH or a path).")
     timeout_s: float = Field(120.0, gt=0, description="Limit for one page's OCR.")
+    cache_dir: str | None = Field(
+        "~/.cache/rag-service/ocr",
+        description="Page texts already read, on each node's disk (rag_core/ocr_cache.py), so a re-parse does not OCR a "
+        "page image again; keyed by the image and the engine's signature. null: no cache.",
+    )
 
 
 DEFAULT_EXTENSIONS = [
