@@ -98,6 +98,39 @@ def pdf_expectations(pdf_dir: Path) -> tuple[set[str], set[str], set[str], list[
     return {r["filename"] for r in rows}, no_text - scans, scans, passwords
 
 
+@dataclass(frozen=True)
+class SamplesIndex:
+    source: Path  # a copy of samples/
+    index_dir: Path  # v000001: that copy indexed
+
+
+@pytest.fixture(scope="session")
+def samples_index_template(tmp_path_factory, ray_cluster) -> SamplesIndex:
+    """samples/ indexed once per session through the CLI; tests get copies (`samples_index`)."""
+    import shutil
+
+    from tests.conftest import SAMPLES_DIR
+
+    root = tmp_path_factory.mktemp("samples-index")
+    shutil.copytree(SAMPLES_DIR, root / "docs")
+    result = run_ingest(root / "index", ray_cluster, "--source", str(root / "docs"))
+    assert result.returncode == 0 and result.summary["index_version"] == "v000001", result.stderr[-3000:]
+    return SamplesIndex(root / "docs", root / "index")
+
+
+@pytest.fixture()
+def samples_index(samples_index_template, tmp_path) -> SamplesIndex:
+    """This test's own copy of samples/ and of its index (v000001), for tests whose subject is
+    what comes after a first ingest. Safe to copy: the writer has exited, versions hold no
+    absolute paths, and files are matched by content hash. Only the audit trail names the
+    template's folder, so tests about the audit trail run their own first ingest."""
+    import shutil
+
+    shutil.copytree(samples_index_template.source, tmp_path / "docs")
+    shutil.copytree(samples_index_template.index_dir, tmp_path / "index", ignore=shutil.ignore_patterns("ingest.lock*"))
+    return SamplesIndex(tmp_path / "docs", tmp_path / "index")
+
+
 @dataclass
 class InterruptedIngest:
     """The one ingest of all shared PDFs in a test session, made the hard way: the samples are
@@ -134,10 +167,13 @@ def interrupted_pdf_ingest(tmp_path_factory, ray_cluster, pdf_dir) -> Interrupte
         shutil.copy(pdf_dir / name, source / name)
     settings = {"RAG_INGEST__PASSWORDS": json.dumps(passwords), "RAG_INGEST__PROGRESS_INTERVAL_S": "0.5"}
 
+    # The run to kill only has to get as far as writing chunks: without OCR and with small write
+    # batches it gets there in seconds instead of minutes of work the rerun would do again.
+    killed_settings = {**settings, "RAG_INGEST__OCR__ENABLED": "false", "RAG_INGEST__WRITE_BATCH_SIZE": "32"}
     process = subprocess.Popen(
         [sys.executable, "-m", "ingest_jobs.index", "--source", str(source)],
         cwd=REPO_ROOT,
-        env=ingest_env(index_dir, ray_cluster, **settings),
+        env=ingest_env(index_dir, ray_cluster, **killed_settings),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -150,7 +186,7 @@ def interrupted_pdf_ingest(tmp_path_factory, ray_cluster, pdf_dir) -> Interrupte
                 seen_progress.set()
 
     threading.Thread(target=watch, daemon=True).start()
-    assert seen_progress.wait(timeout=900), "no progress line from the running job"  # OCR of scans comes first on a busy machine
+    assert seen_progress.wait(timeout=600), "no progress line from the running job"
     process.send_signal(signal.SIGKILL)
     process.wait(timeout=30)
 

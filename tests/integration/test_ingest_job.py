@@ -247,9 +247,8 @@ def test_killed_run_leaves_current_version_intact_then_all_shared_pdfs_are_accou
     assert not [v for v in index._all_version_dirs() if not (index.versions_root / v / VERSION_INFO_FILE).exists()]
 
 
-def test_a_different_model_builds_a_full_new_version(tmp_path, ray_cluster):
-    index_dir = tmp_path / "index"
-    assert run_ingest(index_dir, ray_cluster, "--source", str(SAMPLES_DIR)).returncode == 0
+def test_a_different_model_builds_a_full_new_version(samples_index, ray_cluster):
+    index_dir = samples_index.index_dir
     model_folder = packaged_minilm_path()  # same weights, named by folder: a different model id
     result = run_ingest(index_dir, ray_cluster, "--source", str(SAMPLES_DIR), RAG_EMBEDDING_MODEL=model_folder)
     s = result.summary
@@ -321,9 +320,8 @@ def test_chroma_server_store_and_rebuild_from_parquet(tmp_path, ray_cluster, chr
     assert not (tmp_path / "server" / "versions" / "v000001" / "chroma").exists()
 
 
-def test_an_open_reader_keeps_serving_while_a_new_version_is_written(tmp_path, ray_cluster, model):
-    source, index_dir = copy_samples(tmp_path / "docs"), tmp_path / "index"
-    assert run_ingest(index_dir, ray_cluster, "--source", str(source)).returncode == 0
+def test_an_open_reader_keeps_serving_while_a_new_version_is_written(samples_index, ray_cluster, model):
+    source, index_dir = samples_index.source, samples_index.index_dir
     reader = IndexReader(VersionedIndex(index_dir))
     reader.refresh()
     old_query, new_query = model.embed_queries(["How fast must the on-call engineer acknowledge a page?", "kestrel bird survey team"])

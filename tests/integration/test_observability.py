@@ -12,7 +12,6 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.conftest import SAMPLES_DIR
 from tests.integration.conftest import run_ingest
 from tests.integration.test_serve_app import wait_for
 
@@ -49,7 +48,7 @@ def total(samples: dict[str, float], metric: str, **labels: str) -> float:
 
 
 @pytest.fixture(scope="module")
-def observed(tmp_path_factory, ray_cluster, serve_http):
+def observed(tmp_path_factory, ray_cluster, serve_http, samples_index_template):
     """A graph over samples/ after a second (changing) ingest and a batch of queries; yields
     (base url, ingest summary, metrics url)."""
     from ray import serve
@@ -59,8 +58,8 @@ def observed(tmp_path_factory, ray_cluster, serve_http):
     from tests.conftest import REPO_ROOT
 
     root = tmp_path_factory.mktemp("observed")
-    shutil.copytree(SAMPLES_DIR, root / "docs")
-    assert run_ingest(root / "index", ray_cluster, "--source", str(root / "docs")).returncode == 0
+    shutil.copytree(samples_index_template.source, root / "docs")
+    shutil.copytree(samples_index_template.index_dir, root / "index", ignore=shutil.ignore_patterns("ingest.lock*"))
     settings = load_settings(
         REPO_ROOT / "configs/rag.yaml",
         index_dir=root / "index",

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -157,10 +156,8 @@ def test_bad_input_gets_a_json_4xx_without_a_trace(serve_run_service, path, payl
     assert "error" in response.json() and "Traceback" not in response.text
 
 
-def test_a_new_version_is_served_while_queries_run_with_zero_failures(tmp_path, ray_cluster, deploy_app):
-    source, index_dir = tmp_path / "docs", tmp_path / "index"
-    shutil.copytree(SAMPLES_DIR, source)
-    assert run_ingest(index_dir, ray_cluster, "--source", str(source)).returncode == 0
+def test_a_new_version_is_served_while_queries_run_with_zero_failures(samples_index, ray_cluster, deploy_app):
+    source, index_dir = samples_index.source, samples_index.index_dir
     base = deploy_app("swap", index_dir=index_dir, retrieval={"reload_check_interval_s": 0.5})
     wait_for(f"{base}/health")
 
@@ -208,9 +205,8 @@ def test_without_an_index_the_service_starts_unhealthy_then_recovers(tmp_path, r
     assert httpx.post(f"{base}/v1/query", json={"question": "hotel limit in London?"}, timeout=30).status_code == 200
 
 
-def test_an_unreachable_llm_gives_a_degraded_answer_within_the_timeout(tmp_path, ray_cluster, deploy_app):
-    index_dir = tmp_path / "index"
-    assert run_ingest(index_dir, ray_cluster, "--source", str(SAMPLES_DIR)).returncode == 0
+def test_an_unreachable_llm_gives_a_degraded_answer_within_the_timeout(samples_index, deploy_app):
+    index_dir = samples_index.index_dir
     base = deploy_app(
         "degraded",
         index_dir=index_dir,
@@ -230,9 +226,8 @@ def test_an_unreachable_llm_gives_a_degraded_answer_within_the_timeout(tmp_path,
     assert health["status"] == "degraded" and any("LLM" in r for r in health["reasons"])
 
 
-def test_a_full_queue_sheds_load_with_503_and_retry_after(tmp_path, ray_cluster, deploy_app):
-    index_dir = tmp_path / "index"
-    assert run_ingest(index_dir, ray_cluster, "--source", str(SAMPLES_DIR)).returncode == 0
+def test_a_full_queue_sheds_load_with_503_and_retry_after(samples_index, ray_cluster, deploy_app):
+    index_dir = samples_index.index_dir
     tight = {"num_replicas": 1, "autoscaling_config": None, "max_ongoing_requests": 1, "max_queued_requests": 1}
     base = deploy_app("shed", index_dir=index_dir, deployment_options={"Embedder": tight})
     wait_for(f"{base}/health")

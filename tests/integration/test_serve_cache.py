@@ -3,7 +3,6 @@ must never be answered from the old version, and Redis stopped and restarted und
 
 from __future__ import annotations
 
-import shutil
 import threading
 import time
 from collections import Counter
@@ -11,7 +10,6 @@ from collections import Counter
 import httpx
 import pytest
 
-from tests.conftest import SAMPLES_DIR
 from tests.integration.conftest import run_ingest
 from tests.integration.test_serve_app import wait_for
 from tests.redis_server import SHARED_REDIS_URL, PrivateRedis, shared_redis, unique_prefix
@@ -45,10 +43,8 @@ def wait_for_health(base: str, predicate, timeout_s: float = 60) -> dict:
     pytest.fail(f"health never matched in {timeout_s} s: {health}")
 
 
-def test_hits_scopes_and_a_reingest_never_served_stale(tmp_path, ray_cluster, deploy_app, prefix):
-    source, index_dir = tmp_path / "docs", tmp_path / "index"
-    shutil.copytree(SAMPLES_DIR, source)
-    assert run_ingest(index_dir, ray_cluster, "--source", str(source)).returncode == 0
+def test_hits_scopes_and_a_reingest_never_served_stale(samples_index, ray_cluster, deploy_app, prefix):
+    source, index_dir = samples_index.source, samples_index.index_dir
     base = deploy_app(
         "cached", index_dir=index_dir, redis_url=SHARED_REDIS_URL, cache={"key_prefix": prefix}, retrieval={"reload_check_interval_s": 0.5}
     )
@@ -76,10 +72,9 @@ def test_hits_scopes_and_a_reingest_never_served_stale(tmp_path, ray_cluster, de
     assert again["cache"] == "exact" and "31 days" in again["answer"]
 
 
-def test_redis_stopped_mid_run_fails_no_request_and_reconnects(tmp_path, ray_cluster, deploy_app):
+def test_redis_stopped_mid_run_fails_no_request_and_reconnects(tmp_path, samples_index, deploy_app):
     redis_server = PrivateRedis(tmp_path).start()
-    index_dir = tmp_path / "index"
-    assert run_ingest(index_dir, ray_cluster, "--source", str(SAMPLES_DIR)).returncode == 0
+    index_dir = samples_index.index_dir
     base = deploy_app(
         "cachefail", index_dir=index_dir, redis_url=redis_server.url, redis={"retry_after_s": 0.5}, auth={"rate_limit_enabled": False}
     )
