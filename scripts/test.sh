@@ -12,4 +12,5 @@ bash scripts/ensure_promtool.sh   # the alert-rule tests run promtool
 # Lint and format over every Python file (packages, tests, benchmarks); settings in pyproject.toml.
 ruff check .
 ruff format --check .
-python -m pytest tests "$@"
+# The 25 slowest tests and fixtures are listed at the end: where the suite's time goes.
+python -m pytest tests --durations=25 "$@"
