@@ -38,6 +38,17 @@ ENV_VARS="{}"
 if [ -n "${RAG_INDEX_DIR:-}" ]; then
   ENV_VARS="{\"env_vars\": {\"RAG_INDEX_DIR\": \"$RAG_INDEX_DIR\"}}"
 fi
+# Serve first (the project is installed in this venv, which the cluster runs; `serve deploy`
+# uploads no working_dir). The replicas start, import and load the model while Ray's job agent
+# comes up and the ingest runs, and answer as soon as the index's first version is published
+# (503 until then). Replicas follow the index pointer, so later ingests need no redeploy, and an
+# ingest sizes its CPU requests to what the graph leaves free.
+DEPLOYED=""
+for attempt in $(seq 30); do
+  if serve deploy --address "$DASHBOARD" configs/serve.yaml; then DEPLOYED=1; break; fi
+  sleep 2  # the dashboard's Serve API can lag `ray start` by a few seconds
+done
+[ -n "$DEPLOYED" ] || { echo "serve deploy failed; see $DASHBOARD and /tmp/ray/session_latest/logs" >&2; exit 1; }
 # Right after `ray start` the dashboard may not have a job agent yet; Ray says to retry.
 LOG=$(mktemp)
 SUBMITTED=""
@@ -55,9 +66,6 @@ if [ -z "$SUBMITTED" ]; then
   exit 1
 fi
 
-# Serve the index (the project is installed in this venv, which the cluster runs; `serve deploy`
-# uploads no working_dir). Replicas follow the index pointer, so later ingests need no redeploy.
-serve deploy --address "$DASHBOARD" configs/serve.yaml
 for _ in $(seq 120); do
   curl -fs -m 2 http://127.0.0.1:8000/health >/dev/null 2>&1 && break
   sleep 2
