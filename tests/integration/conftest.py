@@ -87,6 +87,21 @@ def run_ingest(index_dir: Path, cluster: RayCluster | None, *args: str, timeout:
     return IngestResult(process.returncode, json.loads(lines[-1]), process.stderr)
 
 
+OCR_QUESTIONS = json.loads((REPO_ROOT / "tests" / "data" / "ocr_questions.json").read_text())
+IMAGE_PDF_FACTS = [fact for fact in OCR_QUESTIONS if fact["file"].endswith(".pdf")]
+IMAGE_FILE_FACTS = [fact for fact in OCR_QUESTIONS if not fact["file"].endswith(".pdf")]
+
+
+def assert_found_by_ocr(results: list[dict], fact: dict) -> None:
+    """`results` (of /v1/retrieve) hold the fact's page, marked as OCR'd, with its expected words."""
+    hits = [hit for hit in results if hit["file"] == fact["file"] and hit["page"] == fact["page"]]
+    assert hits, [(hit["file"], hit["page"]) for hit in results]
+    assert hits[0]["location"]["ocr"] is True and 0 < hits[0]["location"]["ocr_confidence"] <= 100
+    text = " ".join(hit["text"] for hit in hits)
+    for word in fact["expect"]:
+        assert word in text, text
+
+
 def pdf_expectations(pdf_dir: Path) -> tuple[set[str], set[str], set[str], list[str]]:
     """All PDFs, the unreadable ones (malformed, empty), the image-only scans, the passwords."""
     import csv

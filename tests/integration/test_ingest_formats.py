@@ -13,7 +13,7 @@ import pytest
 
 from rag_core.index_store import VersionedIndex
 from tests.conftest import SHARED_DATA
-from tests.integration.conftest import submit_ingest_job
+from tests.integration.conftest import IMAGE_FILE_FACTS, IMAGE_PDF_FACTS, assert_found_by_ocr, submit_ingest_job
 from tests.integration.test_serve_app import wait_for
 
 # Indexing all shared documents (OCR, a 13,000-row CSV) takes most of a test's default 15 minutes
@@ -21,7 +21,6 @@ from tests.integration.test_serve_app import wait_for
 pytestmark = pytest.mark.timeout(2400)
 
 DOCS_DIR = SHARED_DATA / "docs"
-OCR_QUESTIONS = json.loads((Path(__file__).resolve().parents[1] / "data" / "ocr_questions.json").read_text())
 OFFICE_PASSWORD = "Password1234_"  # msoffcrypto-tool's test file (docs/README.md)
 
 
@@ -61,14 +60,6 @@ def docs_service(docs_index, serve_http):
 
     yield serve_index(serve_http, "formats", docs_index[0])
     serve.delete("formats")
-
-
-@pytest.fixture(scope="module")
-def pdf_service(pdf_index, serve_http):
-    from ray import serve
-
-    yield serve_index(serve_http, "scans", pdf_index[0])
-    serve.delete("scans")
 
 
 def retrieve(base: str, question: str, top_k: int = 10) -> list[dict]:
@@ -151,27 +142,8 @@ def test_a_fact_from_each_format_is_retrieved_with_its_location(docs_service, qu
         assert best["location"]["rows"], best["location"]  # a spreadsheet chunk names its rows
 
 
-def _assert_found_by_ocr(results: list[dict], fact: dict) -> None:
-    hits = [hit for hit in results if hit["file"] == fact["file"] and hit["page"] == fact["page"]]
-    assert hits, [(hit["file"], hit["page"]) for hit in results]
-    assert hits[0]["location"]["ocr"] is True and 0 < hits[0]["location"]["ocr_confidence"] <= 100
-    text = " ".join(hit["text"] for hit in hits)
-    for word in fact["expect"]:
-        assert word in text, text
-
-
-IMAGE_PDF_FACTS = [fact for fact in OCR_QUESTIONS if fact["file"].endswith(".pdf")]
-IMAGE_FILE_FACTS = [fact for fact in OCR_QUESTIONS if not fact["file"].endswith(".pdf")]
-
-
-@pytest.mark.parametrize("fact", IMAGE_PDF_FACTS, ids=[f"{f['file']}-p{f['page']}" for f in IMAGE_PDF_FACTS])
-def test_each_image_only_pdf_is_searchable_through_ocr(pdf_index, pdf_service, fact):
-    """A question over an OCR'd page of every image-only scan in the shared PDFs (plus a scanned
-    page of a mixed PDF) finds that page, marked as OCR'd."""
-    assert fact["file"] not in {f["file"] for f in pdf_index[1]["files_failed"]}
-    _assert_found_by_ocr(retrieve(pdf_service, fact["question"]), fact)
-
-
+# The OCR'd pages of the image-only PDFs are asked through the README's `serve run` service over
+# the session's PDF index (tests/integration/test_serve_app.py), which serves that index anyway.
 def test_every_image_only_pdf_has_a_question():
     rows = list(csv.DictReader((SHARED_DATA / "pdfs" / "MANIFEST.tsv").open(newline=""), delimiter="\t"))
     scans = {r["filename"] for r in rows if r["extractable_text"] == "no" and r["category"].startswith("scanned")}
@@ -180,7 +152,7 @@ def test_every_image_only_pdf_has_a_question():
 
 @pytest.mark.parametrize("fact", IMAGE_FILE_FACTS, ids=[f"{f['file']}-{i}" for i, f in enumerate(IMAGE_FILE_FACTS)])
 def test_each_image_file_is_searchable_through_ocr(docs_service, fact):
-    _assert_found_by_ocr(retrieve(docs_service, fact["question"]), fact)
+    assert_found_by_ocr(retrieve(docs_service, fact["question"]), fact)
 
 
 def test_query_sources_name_slide_and_sheet(docs_service):

@@ -220,6 +220,7 @@ def test_second_concurrent_run_fails_clearly_and_changes_nothing(tmp_path, ray_c
     assert holder.current_version() is None and not holder.committed_versions()
 
 
+@pytest.mark.timeout(2400)  # the session's one ingest of all 118 PDFs (with OCR) is built in this test's setup
 def test_killed_run_leaves_current_version_intact_then_all_shared_pdfs_are_accounted_for(interrupted_pdf_ingest, pdf_dir):
     run = interrupted_pdf_ingest  # the session's one ingest of all shared PDFs (tests/integration/conftest.py)
     assert run.first.returncode == 0

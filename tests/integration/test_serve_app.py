@@ -19,7 +19,7 @@ import httpx
 import pytest
 
 from tests.conftest import REPO_ROOT, SAMPLES_DIR
-from tests.integration.conftest import run_ingest
+from tests.integration.conftest import IMAGE_PDF_FACTS, assert_found_by_ocr, run_ingest
 
 SERVE_PORT = 8000  # configs/serve.yaml
 
@@ -68,6 +68,7 @@ def serve_run_service(pdf_index):
         process.wait(timeout=120)
 
 
+@pytest.mark.timeout(2400)  # run alone, this module builds the session's PDF index in this test's setup
 def test_health_reports_the_index_and_components(serve_run_service, pdf_index):
     _, summary = pdf_index
     health = httpx.get(f"{serve_run_service}/health").json()
@@ -78,6 +79,16 @@ def test_health_reports_the_index_and_components(serve_run_service, pdf_index):
     assert health["reranker"] == "fallback:retrieval-order"  # no cross-encoder weights offline
     assert health["generator"] == "extractive"
     assert health["startup_time_seconds"] > 0 and health["last_indexed_at"]
+
+
+@pytest.mark.parametrize("fact", IMAGE_PDF_FACTS, ids=[f"{f['file']}-p{f['page']}" for f in IMAGE_PDF_FACTS])
+def test_each_image_only_pdf_is_searchable_through_ocr(serve_run_service, pdf_index, fact):
+    """A question over an OCR'd page of every image-only scan in the shared PDFs (plus a scanned
+    page of a mixed PDF) finds that page, marked as OCR'd."""
+    assert fact["file"] not in {f["file"] for f in pdf_index[1]["files_failed"]}
+    response = httpx.post(f"{serve_run_service}/v1/retrieve", json={"query": fact["question"], "top_k": 10}, timeout=60)
+    assert response.status_code == 200, response.text
+    assert_found_by_ocr(response.json()["results"], fact)
 
 
 def test_query_answers_with_cited_sources(serve_run_service, pdf_index):
