@@ -491,10 +491,11 @@ def build_dataset(
         batch_format="pyarrow",
         batch_size=None,  # one block = one task
         num_cpus=resources.parse_num_cpus,
-        concurrency=resources.parse_concurrency,
+        compute=ray.data.TaskPoolStrategy(size=resources.parse_concurrency),
         # Remote args that differ from the embed stage's keep Ray Data from fusing parsing into
-        # the (few) embedding actors, which would serialise it; parsing is deterministic, so
-        # retries only cover lost workers.
+        # the (few) embedding actors, which would serialise it (the automatic CPU requests of
+        # both are often equal); parsing is deterministic, so retries only cover lost workers.
+        # Ray 2.60 warns that remote args passed this way go in 2.64.
         max_retries=2,
     )
     device = resources.embedding_device
