@@ -26,7 +26,9 @@ fi
 if [ -z "${RAG_REDIS_URL:-}" ] && python -c "import redis; redis.Redis(socket_timeout=1).ping()" 2>/dev/null; then
   export RAG_REDIS_URL="redis://127.0.0.1:6379/0"
 fi
-if ! ray status --address "127.0.0.1:${RAY_GCS_PORT:-6380}" >/dev/null 2>&1; then
+# Is a cluster already up? A look at its GCS port, not `ray status`: that retries for about 40 s
+# before it says no cluster runs there.
+if ! (exec 3<>"/dev/tcp/127.0.0.1/${RAY_GCS_PORT:-6380}") 2>/dev/null; then
   # Port 6380: Ray's default GCS port 6379 is Redis's. The cluster inherits RAG_* from here.
   # The machine's real cores: the Serve graph reserves 1.5 CPUs at minimum replicas, and a later
   # ingest sizes its parse tasks and embedding actor to what is left (README, Ingest beside serving).
