@@ -38,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks.ingest_throughput import pick_corpus  # noqa: E402
-from tests.local_cluster import ChromaServer, LocalRayCluster, free_port, local_serve_config  # noqa: E402
+from tests.local_cluster import ChromaServer, LocalRayCluster, free_port, ingest_summary, local_serve_config  # noqa: E402
 from tests.redis_server import SHARED_REDIS_URL, unique_prefix  # noqa: E402
 
 QA = REPO_ROOT.parent / "shared/data/qa/squad2_dev_cs224n"
@@ -53,25 +53,10 @@ def submit_ingest(cluster: LocalRayCluster, source: Path, chroma_url: str, index
         "RAG_INGEST__EMBED_ACTORS_MIN": str(nodes),
         "RAG_INGEST__EMBED_ACTORS_MAX": str(nodes),
     }
-    done = cluster.ray(
-        "ray",
-        "job",
-        "submit",
-        "--address",
-        cluster.dashboard_url,
-        "--runtime-env-json",
-        json.dumps({"env_vars": env_vars}),
-        "--",
-        "python",
-        "-m",
-        "ingest_jobs.index",
-        "--source",
-        str(source),
-        timeout=1800,
-    )
+    done = cluster.submit_ingest(source, env_vars)
     if done.returncode != 0:
         raise RuntimeError(done.stdout[-3000:] + done.stderr[-3000:])
-    return [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"index_version"')][-1]
+    return ingest_summary(done)
 
 
 def start_cluster(workers: int, workdir: Path) -> LocalRayCluster:

@@ -156,23 +156,9 @@ class Cluster:
         from tests.local_cluster import LocalRayCluster, free_port
 
         self.cpus = cpus
-        self.node = LocalRayCluster(workers=0)
+        self.node = LocalRayCluster(workers=0, head_cpus=cpus)
         self.tmp = Path(tempfile.mkdtemp(prefix="rib", dir="/tmp"))  # short: Ray's socket paths
-        self.node.log_dir = self.tmp
-        self.node._spawn(
-            "head",
-            [
-                "--head",
-                f"--port={self.node.gcs_port}",
-                f"--num-cpus={cpus}",
-                f"--dashboard-port={self.node.dashboard_port}",
-                "--dashboard-host=127.0.0.1",
-                "--include-dashboard=true",
-                f"--ray-client-server-port={free_port()}",
-                f"--temp-dir={self.tmp / 'ray'}",
-            ],
-        )
-        self.node._wait_for_nodes(1, 180)
+        self.node.start(self.tmp, timeout_s=180)
         self.http_port = free_port()
         self.serving = False
 
@@ -185,29 +171,12 @@ class Cluster:
             "RAG_INGEST__PASSWORDS": json.dumps(manifest_passwords()),
             **settings,
         }
-        for _ in range(24):  # right after start the dashboard may have no job agent yet
-            done = self.node.ray(
-                "ray",
-                "job",
-                "submit",
-                "--address",
-                self.node.dashboard_url,
-                "--runtime-env-json",
-                json.dumps({"env_vars": env_vars}),
-                "--",
-                "python",
-                "-m",
-                "ingest_jobs.index",
-                "--source",
-                str(source),
-                timeout=3600,
-            )
-            if "No available agent to submit job" not in done.stdout + done.stderr:
-                break
-            time.sleep(5)
+        from tests.local_cluster import ingest_summary
+
+        done = self.node.submit_ingest(source, env_vars, timeout=3600)
         if done.returncode != 0:
             raise RuntimeError(done.stdout[-3000:] + done.stderr[-3000:])
-        return [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"index_version"')][-1]
+        return ingest_summary(done)
 
     def deploy(self, index_dir: Path) -> str:
         """The real graph (configs/rag.yaml, minimum replicas: 1.5 CPUs) over `index_dir`."""

@@ -56,10 +56,12 @@ def _node_ports() -> list[str]:
 
 @dataclass
 class LocalRayCluster:
-    """head (0 CPUs: drivers, controllers) + workers (`worker_cpus` each, resource `worker_<i>`)."""
+    """head (`head_cpus`, 0 by default: drivers, controllers) + workers (`worker_cpus` each,
+    resource `worker_<i>`)."""
 
     workers: int = 2
     worker_cpus: int = 2
+    head_cpus: int = 0
     # Pin worker i to core i (taskset; children inherit it), so a node's work really runs on its
     # own core, as on separate machines: for the scaling benchmarks.
     pin_cores: bool = False
@@ -85,7 +87,7 @@ class LocalRayCluster:
             [
                 "--head",
                 f"--port={self.gcs_port}",
-                "--num-cpus=0",
+                f"--num-cpus={self.head_cpus}",
                 f"--dashboard-port={self.dashboard_port}",
                 "--dashboard-host=127.0.0.1",
                 "--include-dashboard=true",
@@ -143,6 +145,32 @@ class LocalRayCluster:
         """A `ray ...` / `serve ...` CLI call against this cluster, as a user types it."""
         return subprocess.run([str(VENV_BIN / args[0]), *args[1:]], env=ray_env(), capture_output=True, text=True, timeout=timeout)
 
+    def submit_ingest(self, source: Path | str, env_vars: dict[str, str], timeout: float = 1800) -> subprocess.CompletedProcess:
+        """`ray job submit ... -- python -m ingest_jobs.index --source SOURCE` against this
+        cluster, as users run it; retried while the dashboard has no job agent yet (right after
+        start)."""
+        for _ in range(24):
+            done = self.ray(
+                "ray",
+                "job",
+                "submit",
+                "--address",
+                self.dashboard_url,
+                "--runtime-env-json",
+                json.dumps({"env_vars": env_vars}),
+                "--",
+                "python",
+                "-m",
+                "ingest_jobs.index",
+                "--source",
+                str(source),
+                timeout=timeout,
+            )
+            if "No available agent to submit job" not in done.stdout + done.stderr:
+                break
+            time.sleep(5)
+        return done
+
     def stop(self, grace_s: float = 10.0) -> None:
         """Every node at once (SIGTERM to each `ray start --block` process group), then SIGKILL
         to the groups still there after `grace_s`: a test cluster has nothing to drain, and
@@ -158,6 +186,12 @@ class LocalRayCluster:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
         self.processes.clear()
+
+
+def ingest_summary(done: subprocess.CompletedProcess) -> dict[str, Any] | None:
+    """The job's JSON summary (its last `{"index_version": ...}` line), None if it printed none."""
+    summaries = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"index_version"')]
+    return summaries[-1] if summaries else None
 
 
 def local_serve_config(port: int, app_args: dict[str, Any]) -> dict[str, Any]:

@@ -34,41 +34,19 @@ SMALL_FILES = 30  # SciFact abstracts, one .txt each: they share parse blocks
 SERVE_CPUS = 1.5  # the graph at minimum replicas (serve_app/deployments.py, configs/serve.yaml)
 
 
-class TwoCpuHead(LocalRayCluster):
-    """One head node with exactly 2 logical CPUs, started as `ray start --head --num-cpus 2`."""
-
-    def start(self, log_dir: Path, timeout_s: float = 120) -> TwoCpuHead:
-        self.log_dir = log_dir
-        log_dir.mkdir(parents=True, exist_ok=True)
-        self._spawn(
-            "head",
-            [
-                "--head",
-                f"--port={self.gcs_port}",
-                "--num-cpus=2",
-                f"--dashboard-port={self.dashboard_port}",
-                "--dashboard-host=127.0.0.1",
-                "--include-dashboard=true",
-                f"--ray-client-server-port={free_port()}",
-                f"--temp-dir={log_dir / 'ray'}",
-            ],
-        )
-        self._wait_for_nodes(1, timeout_s)
-        return self
-
-    def python(self, code: str, timeout: float = 300) -> subprocess.CompletedProcess:
-        """A driver script against this cluster (the pytest process may be in another Ray session)."""
-        env = {**ray_env(), "RAY_ADDRESS": self.gcs_address}
-        done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
-        assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-        return done
+def run_driver(cluster: LocalRayCluster, code: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """A driver script against `cluster` (the pytest process may be in another Ray session)."""
+    env = {**ray_env(), "RAY_ADDRESS": cluster.gcs_address}
+    done = subprocess.run([sys.executable, "-c", code], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=timeout)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
+    return done
 
 
 @pytest.fixture(scope="module")
 def two_cpus():
     # Ray's socket paths must stay short (AF_UNIX limit): its temp dir is not under pytest's.
     ray_tmp = Path(tempfile.mkdtemp(prefix="rbs", dir="/tmp"))
-    cluster = TwoCpuHead(workers=0)
+    cluster = LocalRayCluster(workers=0, head_cpus=2)  # `ray start --head --num-cpus 2`
     try:
         cluster.start(ray_tmp)
     except Exception as exc:
@@ -239,14 +217,14 @@ ray.kill(ray.get_actor("cpu-placeholder", namespace="beside-serving"))
 def test_no_cpu_left_fails_fast_with_the_reason(two_cpus, serving, first_version):
     """Every CPU held (the graph's 1.5 and a placeholder actor on the rest): the job fails at once."""
     current = VersionedIndex(serving["index_dir"]).current_version()
-    held = json.loads(two_cpus.python(HOLD).stdout.strip().splitlines()[-1])
+    held = json.loads(run_driver(two_cpus, HOLD).stdout.strip().splitlines()[-1])
     assert held["held"] > 0 and held["free"] < MIN_CPU_SHARE, held
     try:
         started = time.monotonic()
         process, _ = submit_ingest_job(two_cpus, "samples", job_env(serving["index_dir"]), "--full")
         took = time.monotonic() - started
     finally:
-        two_cpus.python(RELEASE)
+        run_driver(two_cpus, RELEASE)
     assert process.returncode != 0
     error = error_line(process)
     assert "no CPU to spare for the ingest" in error["error"] and f"at least {MIN_CPU_SHARE} CPU" in error["error"], error

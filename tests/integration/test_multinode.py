@@ -20,7 +20,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO_ROOT, SAMPLES_DIR
-from tests.local_cluster import ChromaServer, LocalRayCluster, free_port, local_serve_config
+from tests.local_cluster import ChromaServer, LocalRayCluster, free_port, ingest_summary, local_serve_config
 from tests.redis_server import SHARED_REDIS_URL, unique_prefix
 
 # Real PDFs from the shared set (text layers of a few pages to a few dozen), plus the samples.
@@ -51,25 +51,11 @@ class MultiNode:
             "RAG_TRIGGERED_BY": "multinode-test",
             **settings,
         }
-        done = self.ray.ray(
-            "ray",
-            "job",
-            "submit",
-            "--address",
-            self.ray.dashboard_url,
-            "--runtime-env-json",
-            json.dumps({"env_vars": env_vars}),
-            "--",
-            "python",
-            "-m",
-            "ingest_jobs.index",
-            "--source",
-            str(source),
-        )
+        done = self.ray.submit_ingest(source, env_vars)
         assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-        summaries = [json.loads(line) for line in done.stdout.splitlines() if line.startswith('{"index_version"')]
-        assert summaries, done.stdout[-3000:]
-        return summaries[-1]
+        summary = ingest_summary(done)
+        assert summary, done.stdout[-3000:]
+        return summary
 
 
 @pytest.fixture(scope="module")
