@@ -165,8 +165,9 @@ class EmbeddingModel:
             torch.set_num_threads(torch_threads)
         self.spec = spec
         self.device = device
-        self.backend = _runnable_on(device, backend_for(spec, backend))
-        self._model = _load_encoder(spec.weights_location(), device, True, self.backend, torch_threads)
+        self._model, self.backend = _load_encoder(
+            spec.weights_location(), device, True, _runnable_on(device, backend_for(spec, backend)), torch_threads
+        )
         dimension = _dimension_of(self._model)
         if dimension != spec.dimension:
             raise EmbeddingModelError(
@@ -192,9 +193,7 @@ class EmbeddingModel:
 
             torch.set_num_threads(torch_threads)
         model, name, source = _load_by_setting(model_setting, device, hub_probe_timeout_s)
-        running = _runnable_on(device, backend)
-        if running != BACKEND_TORCH:
-            model = _on_onnx(model, device, running, torch_threads)
+        model, running = _on_backend(model, device, _runnable_on(device, backend), torch_threads)
         spec = EmbeddingModelSpec(
             name=name,
             source=source,
@@ -251,24 +250,33 @@ def _runnable_on(device: str, backend: str) -> str:
     return BACKEND_TORCH
 
 
-def _load_encoder(location: str, device: str, local_only: bool, backend: str, threads: int | None) -> Any:
-    if backend == BACKEND_TORCH:
-        return _load_sentence_transformer(location, device, local_only)
+def _load_encoder(location: str, device: str, local_only: bool, backend: str, threads: int | None) -> tuple[Any, str]:
     precision_of(backend)
-    return _on_onnx(_load_sentence_transformer(location, "cpu", local_only), device, backend, threads)
+    return _on_backend(_load_sentence_transformer(location, device, local_only), device, backend, threads)
 
 
-def _on_onnx(model: Any, device: str, backend: str, threads: int | None) -> Any:
-    """The loaded model's ONNX export (made and cached on first use), run by ONNX Runtime."""
+def _on_backend(model: Any, device: str, backend: str, threads: int | None) -> tuple[Any, str]:
+    """The loaded sentence-transformers model as `backend` runs it, and the backend that runs it.
+
+    An onnx backend runs the model's ONNX export (made and cached on first use) on ONNX Runtime.
+    When the fp32 export cannot be made or loaded (a model the exporter cannot trace, a cache that
+    cannot be written, onnxruntime not installed) the same weights run on torch, with a warning: its
+    vectors are the same. int8 has no such fallback, since torch vectors are another vector space."""
+    if backend == BACKEND_TORCH:
+        return model, backend
     from rag_core.embedding_onnx import OnnxSentenceEncoder, ensure_exported
 
-    if device != "cpu":
-        model = model.to("cpu")  # the export traces on CPU
+    on_cpu = model.to("cpu") if device != "cpu" else model  # the export traces on CPU
     try:
-        path, _ = ensure_exported(model, quantized=backend == BACKEND_ONNX_INT8)
-    except ImportError as exc:
-        raise EmbeddingModelError(f"embedding backend {backend!r} needs onnx, onnxscript and onnxruntime: {exc}") from exc
-    return OnnxSentenceEncoder(model, path, threads, device)
+        path, _ = ensure_exported(on_cpu, quantized=backend == BACKEND_ONNX_INT8)
+        return OnnxSentenceEncoder(on_cpu, path, threads, device), backend
+    except Exception as exc:
+        if backend != BACKEND_ONNX:
+            if isinstance(exc, ImportError):
+                raise EmbeddingModelError(f"embedding backend {backend!r} needs onnx, onnxscript and onnxruntime: {exc}") from exc
+            raise EmbeddingModelError(f"embedding backend {backend!r}: the ONNX model cannot be made or loaded: {exc}") from exc
+        log.warning("embedding backend onnx: the ONNX model cannot be made or loaded (%s); running the same weights on torch", exc)
+        return on_cpu.to(device) if device != "cpu" else on_cpu, BACKEND_TORCH
 
 
 def _load_by_setting(setting: str, device: str, probe_timeout_s: float) -> tuple[Any, str, str]:

@@ -318,10 +318,10 @@ class RAGSettings(BaseSettings):
     )
     embedding_device: str = Field("auto", description="'auto', 'cpu', 'cuda', 'cuda:1', ...")
     embedding_backend: Literal["torch", "onnx", "onnx-int8"] = Field(
-        "torch",
-        description="What runs the embedding model: torch, or ONNX Runtime (fp32, or int8 quantized) from a local export cached "
-        "in ~/.cache/rag-service/onnx. Recorded in the index: an onnx-int8 index is its own vector space (switching re-embeds, "
-        "its queries use int8); torch and onnx vectors are interchangeable (measured: README, Embedding model).",
+        "onnx",
+        description="What runs the embedding model: ONNX Runtime (fp32 'onnx', or 'onnx-int8' quantized) from a local export "
+        "cached in ~/.cache/rag-service/onnx, or 'torch'. Recorded in the index: an onnx-int8 index is its own vector space "
+        "(switching re-embeds, its queries use int8); torch and onnx vectors are interchangeable (measured: README, Embedding model).",
     )
     embedding_query_instruction: str = Field("auto", description="'auto' (bge instruction for bge models), 'none', or a literal prefix.")
     hub_probe_timeout_s: float = Field(3.0, gt=0, description="How long 'auto' waits for the Hugging Face Hub before falling back.")

@@ -5,5 +5,5 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
-bash scripts/install.sh -e ".[test,onnx]"   # onnx: the embedding_backend tests
+bash scripts/install.sh -e ".[test]"
 bash scripts/setup_llm.sh

@@ -317,6 +317,25 @@ def test_concurrent_loaders_export_once(tmp_path: Path, onnx_model: EmbeddingMod
     assert len({path for path, _ in results}) == 1 and results[0][0].read_bytes() == b"onnx"
 
 
+def test_a_failed_fp32_export_runs_the_same_weights_on_torch(
+    tmp_path: Path, model: EmbeddingModel, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def failing_export(model: object, target: Path) -> None:
+        raise RuntimeError("the exporter cannot trace this model")
+
+    monkeypatch.setenv("RAG_ONNX_CACHE_DIR", str(tmp_path))  # empty: the export must run, and fails
+    monkeypatch.setattr(embedding_onnx, "_export_fp32", failing_export)
+    with caplog.at_level(logging.WARNING, logger="rag_core.embedding"):
+        fallback = load_for_spec(replace(PACKAGED_SPEC, backend=BACKEND_ONNX), device="cpu")
+    assert fallback.backend == BACKEND_TORCH
+    assert "cannot trace this model" in caplog.text and "on torch" in caplog.text
+    np.testing.assert_allclose(fallback.embed_queries(TEXTS), model.embed_queries(TEXTS), atol=1e-6)
+    # int8 vectors are another space: torch cannot stand in for them, so the load fails instead.
+    with pytest.raises(EmbeddingModelError, match="onnx-int8.*cannot trace this model"):
+        load_for_spec(replace(PACKAGED_SPEC, backend=BACKEND_ONNX_INT8), device="cpu")
+    assert not list(tmp_path.rglob("*.onnx"))
+
+
 def test_unknown_backend_is_refused_by_the_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("RAG_EMBEDDING_BACKEND", "openvino")
     with pytest.raises(ValidationError) as caught:
@@ -326,7 +345,7 @@ def test_unknown_backend_is_refused_by_the_settings(monkeypatch: pytest.MonkeyPa
     monkeypatch.setenv("RAG_EMBEDDING_BACKEND", "onnx-int8")
     assert load_settings().embedding_backend == "onnx-int8"
     monkeypatch.delenv("RAG_EMBEDDING_BACKEND")
-    assert load_settings().embedding_backend == "torch"
+    assert load_settings().embedding_backend == "onnx"  # the default: torch's vectors, faster on CPU
 
 
 def test_unknown_backend_is_refused_by_the_loader() -> None:
