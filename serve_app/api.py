@@ -13,13 +13,14 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse, StreamingResponse
-from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.auth import Authenticator, AuthError, Caller
+from serve_app.chat.api_router import router as chat_router
 from serve_app.filters import FilterError
+from serve_app.http_common import ERROR_RESPONSES, Forbidden, NotFound, RateLimited, authorize
 from serve_app.metrics import NullMetrics
-from serve_app.rate_limit import Decision, RateLimiter
+from serve_app.rate_limit import RateLimiter
 from serve_app.schemas import (
     CachePurgeResponse,
     ErrorResponse,
@@ -36,39 +37,6 @@ log = logging.getLogger("serve_app.api")
 
 REQUEST_ID_HEADER = "X-Request-ID"
 _SAFE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
-_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorResponse, "description": "Missing or invalid API key"},
-    413: {"model": ErrorResponse, "description": "Body over the size limit"},
-    422: {"model": ErrorResponse, "description": "Invalid request"},
-    429: {"model": ErrorResponse, "description": "Rate limit of this key exceeded (see Retry-After)"},
-    503: {"model": ErrorResponse, "description": "No index yet, or overloaded (see Retry-After)"},
-}
-_BEARER = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
-_API_KEY = APIKeyHeader(name="X-API-Key", auto_error=False, description="An API key, as an alternative to the bearer header.")
-
-
-class RateLimited(Exception):
-    def __init__(self, decision: Decision):
-        self.decision = decision
-
-
-class Forbidden(Exception):
-    pass
-
-
-async def authorize(
-    request: Request, bearer: HTTPAuthorizationCredentials | None = Security(_BEARER), api_key: str | None = Security(_API_KEY)
-) -> Caller:
-    """The caller behind the request's API key, within its rate limit (else 401 / 429)."""
-    state = request.app.state
-    caller = state.authenticator.authenticate(f"Bearer {bearer.credentials}" if bearer else None, api_key)
-    if state.rate_limits_enabled:
-        client = request.client.host if request.client else "unknown"
-        bucket = f"anonymous:{client}" if caller.anonymous else f"key:{caller.name}"
-        decision = await state.rate_limiter.check(bucket, caller.rate_per_minute, caller.burst)
-        if not decision.allowed:
-            raise RateLimited(decision)
-    return caller
 
 
 class _BodyTooLarge(Exception):
@@ -230,6 +198,10 @@ def create_app(echo_request_id: bool = True) -> FastAPI:
     async def forbidden(request: Request, exc: Forbidden) -> JSONResponse:
         return _error(request, 403, str(exc))
 
+    @app.exception_handler(NotFound)
+    async def not_found(request: Request, exc: NotFound) -> JSONResponse:
+        return _error(request, 404, str(exc))
+
     @app.exception_handler(RateLimited)
     async def rate_limited(request: Request, exc: RateLimited) -> JSONResponse:
         return _error(request, 429, "rate limit exceeded for this API key", headers={"Retry-After": exc.decision.retry_after_header})
@@ -245,7 +217,7 @@ def create_app(echo_request_id: bool = True) -> FastAPI:
         log.exception("unhandled error", extra={"fields": {"request_id": _request_id(request)}})
         return _error(request, 500, "internal error")
 
-    @app.post("/v1/query", response_model=QueryResponse, responses={**_ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}}}})
+    @app.post("/v1/query", response_model=QueryResponse, responses={**ERROR_RESPONSES, 200: {"content": {"text/event-stream": {}}}})
     async def query(body: QueryRequest, request: Request, response: Response, caller: Caller = Security(authorize)) -> Any:
         """Answer a question from the index, citing sources. `stream: true` returns server-sent events."""
         service = request.app.state.service
@@ -264,7 +236,7 @@ def create_app(echo_request_id: bool = True) -> FastAPI:
         response.headers["Server-Timing"] = clock.server_timing()
         return answer
 
-    @app.post("/v1/retrieve", response_model=RetrieveResponse, responses=_ERROR_RESPONSES)
+    @app.post("/v1/retrieve", response_model=RetrieveResponse, responses=ERROR_RESPONSES)
     async def retrieve(
         body: RetrieveRequest, request: Request, response: Response, caller: Caller = Security(authorize)
     ) -> RetrieveResponse:
@@ -274,7 +246,7 @@ def create_app(echo_request_id: bool = True) -> FastAPI:
         response.headers["Server-Timing"] = clock.server_timing()
         return found
 
-    @app.post("/admin/cache/purge", response_model=CachePurgeResponse, responses={**_ERROR_RESPONSES, 403: {"model": ErrorResponse}})
+    @app.post("/admin/cache/purge", response_model=CachePurgeResponse, responses={**ERROR_RESPONSES, 403: {"model": ErrorResponse}})
     async def purge_cache(
         request: Request,
         version: str | None = Query(None, pattern=r"^v[0-9]{6}$", description="Only this index version's answers."),
@@ -285,6 +257,8 @@ def create_app(echo_request_id: bool = True) -> FastAPI:
             raise Forbidden("this API key may not administer the cache")
         removed = await request.app.state.service.purge_cache(version)
         return CachePurgeResponse(purged_keys=removed, version=version)
+
+    app.include_router(chat_router)
 
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health(request: Request) -> Any:

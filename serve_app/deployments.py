@@ -18,6 +18,8 @@ from rag_core.index_store import VersionedIndex
 from rag_core.logs import configure_json_logging
 from rag_core.settings import RAGSettings
 from serve_app.api import create_app, install_limits, install_security
+from serve_app.chat.serving import ChatService
+from serve_app.conversation import Standalone, Turn
 from serve_app.embedder import QueryEmbedder
 from serve_app.generation import Answer, AnswerGenerator
 from serve_app.metrics import RayIndexMetrics, RayQueryMetrics
@@ -129,6 +131,9 @@ class GeneratorDeployment:
     def answer_stream(self, question: str, chunks: list[RetrievedChunk]) -> Any:
         yield from self.generator.stream(question, chunks)
 
+    async def condense(self, history: list[Turn], question: str) -> Standalone:
+        return await asyncio.to_thread(self.generator.condense, history, question)
+
     def status(self) -> dict[str, Any]:
         return {**self.generator.status(), "startup_s": self.startup_s}
 
@@ -165,6 +170,11 @@ class ServeStages(Stages):
         async for event in self.handles["generator"].options(stream=True).answer_stream.remote(question, chunks):
             yield event
 
+    async def _call_condense(self, history: list[Turn], question: str) -> Standalone:
+        if self.local_answers is not None:  # no LLM: the deterministic rewrite, a fraction of a millisecond
+            return self.local_answers.condense(history, question)
+        return await self.handles["generator"].condense.remote(history, question)
+
     async def _call_status(self, stage: str) -> dict[str, Any]:
         return await self.handles[stage].status.remote()
 
@@ -186,6 +196,7 @@ class Ingress:
         install_limits(app, self.settings.api)
         install_security(app, self.settings, self.rate_limiter, serve_http_host(self.settings))
         app.state.service = self.service
+        app.state.chat = ChatService(self.service)
         app.state.metrics = self.service.metrics
         return app
 

@@ -16,10 +16,21 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rag_core.index_reader import RetrievedChunk
+from serve_app.conversation import (
+    REWRITE_LLM,
+    REWRITE_RULES,
+    FollowUpRewriter,
+    Standalone,
+    Turn,
+    condense_messages,
+    parse_condensed,
+)
 
 log = logging.getLogger("serve_app.generation")
 
 ABSTAIN_ANSWER = "I do not have that information in my knowledge base."
+CONDENSE_MAX_TOKENS = 96  # a standalone question, not an answer
+MAX_CONDENSED_CHARS = 4000  # the question limit of the query API
 MODE_GENERATIVE, MODE_EXTRACTIVE, MODE_DEGRADED = "generative", "extractive", "degraded"
 
 SYSTEM_PROMPT = f"""You answer questions for a company knowledge base.
@@ -147,6 +158,22 @@ class OpenAIChatGenerator:
             raise LLMUnavailable("empty completion")
         return text
 
+    def condense(self, history: Sequence[Turn], question: str) -> str | None:
+        """The follow-up `question` made standalone from `history` by the LLM; None when the LLM
+        fails or its reply is not usable as a question (the caller then rewrites deterministically)."""
+        try:
+            response = self._client.chat.completions.create(
+                model=self.model, messages=condense_messages(history, question), max_tokens=CONDENSE_MAX_TOKENS, temperature=0.0
+            )
+        except Exception as exc:
+            log.warning(
+                "LLM rewrite of a follow-up failed",
+                extra={"fields": {"generator": self.name, "error": f"{type(exc).__name__}: {exc}"[:300]}},
+            )
+            return None
+        text = (response.choices[0].message.content or "") if response.choices else ""
+        return parse_condensed(text, question, MAX_CONDENSED_CHARS)
+
     def stream(self, question: str, passages: Sequence[RetrievedChunk]) -> Iterator[str]:
         try:
             stream = self._client.chat.completions.create(
@@ -172,6 +199,7 @@ class AnswerGenerator:
         self.context_passages = context_passages
         self.last_llm_error: str | None = None
         self.last_llm_error_at: float | None = None
+        self.rewriter = FollowUpRewriter()
 
     @classmethod
     def from_settings(cls, settings: Any) -> AnswerGenerator:
@@ -195,6 +223,15 @@ class AnswerGenerator:
 
     def status(self) -> dict[str, Any]:
         return {"name": self.name, "last_error": self.last_llm_error}
+
+    def condense(self, history: Sequence[Turn], question: str) -> Standalone:
+        """A follow-up made standalone: by the LLM when one is configured and answers usably, else
+        (and as its fallback) by the deterministic rewrite."""
+        if self.llm is not None:
+            text = self.llm.condense(history, question)
+            if text is not None:
+                return Standalone(text, REWRITE_LLM)
+        return Standalone(self.rewriter.rewrite(history, question), REWRITE_RULES)
 
     def _degraded(self, question: str, passages: Sequence[RetrievedChunk], error: str) -> Answer:
         self.last_llm_error, self.last_llm_error_at = error, time.time()

@@ -16,6 +16,8 @@ from rag_core.index_store import VersionedIndex
 from rag_core.logs import configure_json_logging
 from rag_core.settings import RAGSettings, load_settings
 from serve_app.api import create_app, install_limits, install_security
+from serve_app.chat.serving import ChatService
+from serve_app.conversation import Standalone, Turn
 from serve_app.embedder import QueryEmbedder
 from serve_app.generation import Answer, AnswerGenerator
 from serve_app.rate_limit import RateLimiter
@@ -60,6 +62,9 @@ class LocalStages(Stages):
         for event in await asyncio.to_thread(lambda: list(self.generator.stream(question, chunks))):
             yield event
 
+    async def _call_condense(self, history: list[Turn], question: str) -> Standalone:
+        return await asyncio.to_thread(self.generator.condense, history, question)
+
     async def _call_status(self, stage: str) -> dict[str, Any]:
         component = {"embedder": self.embedder, "retriever": self.retriever, "reranker": self.reranker, "generator": self.generator}[stage]
         return component.status()
@@ -74,6 +79,7 @@ def create_local_app(settings: RAGSettings, torch_threads: int | None = None) ->
     service = QueryService.from_settings(LocalStages(settings, torch_threads), settings, redis)
     service.startup_time_seconds = time.monotonic() - started
     app.state.service = service
+    app.state.chat = ChatService(service)
     return app
 
 

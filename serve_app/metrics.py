@@ -10,7 +10,7 @@ from typing import Any, Protocol
 # Seconds: from a cache hit (about a millisecond) to an LLM answer (tens of seconds).
 LATENCY_BOUNDARIES = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0]
 UNIT_BOUNDARIES = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95, 1.0]
-STAGES = ("cache", "embed", "retrieve", "rerank", "generate", "total")
+STAGES = ("rewrite", "cache", "embed", "retrieve", "rerank", "generate", "total")
 
 
 class QueryMetrics(Protocol):
@@ -55,7 +55,7 @@ class RayQueryMetrics:
         self._requests = Counter("rag_requests_total", description="HTTP requests by route and status.", tag_keys=("route", "status"))
         self._latency = Histogram(
             "rag_stage_latency_seconds",
-            description="Latency per query stage (cache, embed, retrieve, rerank, generate, total).",
+            description="Latency per query stage (rewrite, cache, embed, retrieve, rerank, generate, total).",
             boundaries=LATENCY_BOUNDARIES,
             tag_keys=("stage",),
         )

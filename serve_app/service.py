@@ -242,14 +242,25 @@ class QueryService:
     async def query_events(self, request: QueryRequest, request_id: str, access: Access) -> AsyncIterator[str]:
         """Server-sent events: `token` events with answer text, then one `done` event (the full response).
         A cached answer is streamed the same way: its text as one token event, then `done`."""
-        clock = StageClock()
+        async for event in self.answer_events(request, request_id, access):
+            if "token" in event:
+                yield f"event: token\ndata: {json.dumps({'text': event['token']})}\n\n"
+            else:
+                yield f"event: done\ndata: {event['done'].model_dump_json()}\n\n"
+
+    async def answer_events(
+        self, request: QueryRequest, request_id: str, access: Access, clock: StageClock | None = None
+    ) -> AsyncIterator[dict[str, Any]]:
+        """The answer as it is made: {"token": text} events, then one {"done": QueryResponse}.
+        A cached answer comes as one token event with its whole text."""
+        clock = clock or StageClock()
         try:
             lookup = await self._check_cache(request, access, clock)
             if lookup.hit:
                 response = self._cached(lookup.hit, request_id, clock)
-                yield f"event: token\ndata: {json.dumps({'text': response.answer})}\n\n"
+                yield {"token": response.answer}
                 self._finish(request, request_id, access, clock, response, None)
-                yield f"event: done\ndata: {response.model_dump_json()}\n\n"
+                yield {"done": response}
                 return
             got = await self._retrieve(
                 access, query=request.question, top_k=request.top_k, where=request.filters, embedding=lookup.embedding, clock=clock
@@ -257,14 +268,14 @@ class QueryService:
             generation_started = time.perf_counter()
             async for event in self.stages.answer_stream(request.question, got.chunks):
                 if "token" in event:
-                    yield f"event: token\ndata: {json.dumps({'text': event['token']})}\n\n"
+                    yield {"token": event["token"]}
                 else:
                     clock.ms["generate"] = round((time.perf_counter() - generation_started) * 1000, 3)
                     response = self._response(request_id, got, event["done"], clock)
                     self._observe_answer(event["done"], got)
                     await self._remember(lookup, request, response)
                     self._finish(request, request_id, access, clock, response, None)
-                    yield f"event: done\ndata: {response.model_dump_json()}\n\n"
+                    yield {"done": response}
         except Exception as exc:
             self._finish(request, request_id, access, clock, None, exc)
             raise

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import asyncio
 from abc import ABC, abstractmethod
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Sequence
 from typing import Any, TypeVar
 
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 
 from rag_core.index_reader import RetrievedChunk
+from serve_app.conversation import REWRITE_AS_IS, ROLE_USER, Standalone, Turn, needs_history
 from serve_app.generation import Answer
 from serve_app.retrieval import IndexUnavailable, ModelMismatch
 from serve_app.retrieval_request import RetrievalRequest
@@ -71,6 +72,13 @@ class Stages(ABC):
     async def answer(self, question: str, chunks: list[RetrievedChunk]) -> Answer:
         return await guarded(self._call_answer(question, chunks))
 
+    async def standalone(self, history: Sequence[Turn], question: str) -> Standalone:
+        """The question to retrieve for: as it is when it stands alone (no call made), else rewritten
+        from the history by the Generator (the LLM, or the deterministic rewrite without one)."""
+        if not any(turn.role == ROLE_USER for turn in history) or not needs_history(question):
+            return Standalone(question, REWRITE_AS_IS)
+        return await guarded(self._call_condense(list(history), question))
+
     async def answer_stream(self, question: str, chunks: list[RetrievedChunk]) -> AsyncIterator[dict[str, Any]]:
         async for event in self._call_answer_stream(question, chunks):
             yield event
@@ -100,6 +108,9 @@ class Stages(ABC):
 
     @abstractmethod
     def _call_answer_stream(self, question: str, chunks: list[RetrievedChunk]) -> AsyncIterator[dict[str, Any]]: ...
+
+    @abstractmethod
+    async def _call_condense(self, history: list[Turn], question: str) -> Standalone: ...
 
     @abstractmethod
     async def _call_status(self, stage: str) -> dict[str, Any]: ...

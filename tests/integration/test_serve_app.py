@@ -16,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from tests.conftest import REPO_ROOT, SAMPLES_DIR
@@ -165,6 +166,54 @@ def test_bad_input_gets_a_json_4xx_without_a_trace(serve_run_service, path, payl
     response = httpx.post(f"{serve_run_service}{path}", content=content, headers={"content-type": "application/json"}, timeout=30)
     assert response.status_code == status, response.text
     assert "error" in response.json() and "Traceback" not in response.text
+
+
+# -- the OpenAI-compatible chat API, through the official client ------------------------------------
+LION_AIR = "pdfplumber__federal-register-2020-17221.pdf"  # benchmarks/data/conversations.jsonl, pdf-12
+
+
+def openai_client(base: str, api_key: str = "not-needed") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{base}/v1", api_key=api_key, timeout=60, max_retries=0)
+
+
+def test_chat_completions_through_the_openai_client(serve_run_service):
+    client = openai_client(serve_run_service)
+    assert [m.id for m in client.models.list().data] == ["rag"]
+    question = [{"role": "user", "content": "What is the open-source library for document image analysis called?"}]
+    completion = client.chat.completions.create(model="rag", messages=question, extra_body={"use_cache": False})
+    answer = completion.choices[0].message.content
+    assert "[1]" in answer and completion.sources[0]["file"].startswith("unstructured__layout-parser")
+    assert completion.usage.total_tokens == completion.usage.prompt_tokens + completion.usage.completion_tokens > 0
+    chunks = list(
+        client.chat.completions.create(
+            model="rag", messages=question, stream=True, stream_options={"include_usage": True}, extra_body={"use_cache": False}
+        )
+    )
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == answer
+    finishing = [c for c in chunks if c.choices and c.choices[0].finish_reason == "stop"]
+    assert len(finishing) == 1 and finishing[0].sources == completion.sources
+    assert chunks[-1].usage.completion_tokens == completion.usage.completion_tokens
+
+
+def test_a_three_turn_conversation_retrieves_each_follow_up(serve_run_service):
+    client = openai_client(serve_run_service)
+    messages: list[dict] = []
+    turns = [
+        (
+            "On what date did the Lion Air 737 MAX accident described in the FAA's proposed airworthiness directive happen?",
+            "October 29, 2018",
+        ),
+        ("How many people were killed?", "189"),
+        ("What about the second crash the following March?", "157"),
+    ]
+    for number, (question, fact) in enumerate(turns):
+        messages.append({"role": "user", "content": question})
+        completion = client.chat.completions.create(model="rag", messages=messages)
+        answer = completion.choices[0].message.content
+        assert LION_AIR in {s["file"] for s in completion.sources}, (question, completion.rag)
+        assert completion.rag["rewrite"] == ("as-is" if number == 0 else "rules")
+        assert fact in " ".join(s["text"] for s in completion.sources), completion.rag
+        messages.append({"role": "assistant", "content": answer})
 
 
 def test_a_new_version_is_served_while_queries_run_with_zero_failures(samples_index, ray_cluster, deploy_app):

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import httpx
+import openai
 import pyarrow.parquet as pq
 import pytest
 
@@ -122,6 +123,35 @@ def test_the_cache_never_answers_across_tenants(secured) -> None:
     other = httpx.post(f"{base}/v1/query", json=question, headers=bearer("globex-staff"), timeout=60).json()
     assert "25 vacation days" in first["answer"] and again["cache"] == "exact"
     assert other["cached"] is False and "18 vacation days" in other["answer"] and "25" not in other["answer"]
+
+
+def test_chat_completions_apply_the_keys_tenant_and_refuse_a_wrong_key(secured) -> None:
+    base, _, _ = secured
+
+    def client(key: str) -> openai.OpenAI:
+        return openai.OpenAI(base_url=f"{base}/v1", api_key=key, timeout=60, max_retries=0)
+
+    conversation = [
+        {"role": "user", "content": "How many vacation days do employees receive per year?"},
+        {"role": "assistant", "content": "They receive some [1]."},
+        {"role": "user", "content": "And where is the parking?"},
+    ]
+    for name, days in (("acme-staff", "25"), ("globex-staff", "18")):
+        first = client(SECRET[name]).chat.completions.create(model="rag", messages=conversation[:1])
+        assert f"{days} vacation days" in first.choices[0].message.content
+        follow_up = client(SECRET[name]).chat.completions.create(model="rag", messages=conversation)
+        for completion in (first, follow_up):
+            assert {s["file"] for s in completion.sources} <= ALLOWED[name], completion.sources
+    # The tenant filter applies whatever the model, filters or stream ask for.
+    widened = client(SECRET["acme-staff"]).chat.completions.create(
+        model="rag", messages=conversation[:1], stream=True, extra_body={"filters": {"acl_tenant": "globex"}}
+    )
+    sources = [c.sources for c in widened if c.choices and c.choices[0].finish_reason][0]
+    assert {s["file"] for s in sources} <= ALLOWED["acme-staff"]
+    with pytest.raises(openai.AuthenticationError):
+        client("rag_wrong_key_0123456789abcdef").chat.completions.create(model="rag", messages=conversation[:1])
+    with pytest.raises(openai.AuthenticationError):
+        client("rag_wrong_key_0123456789abcdef").models.list()
 
 
 def test_pii_never_reaches_the_index_and_is_counted_in_the_audit(secured) -> None:

@@ -92,15 +92,14 @@ def test_a_read_filter_that_admits_every_chunk_is_not_sent_to_the_vector_store(s
         assert unfiltered[0].file == "it/vpn.md"
 
 
-def test_the_configured_embedding_backend_embeds_the_queries(tmp_path: Path, stages: LocalStages, monkeypatch) -> None:
-    # A torch-built index queried with onnx (the same vector space): the query side runs ONNX
-    # Runtime and still finds the right chunk.
+@pytest.mark.parametrize("backend", ["onnx", "torch"])
+def test_the_configured_embedding_backend_embeds_the_queries(tmp_path: Path, stages: LocalStages, monkeypatch, backend: str) -> None:
+    # The index is torch-built; either fp32 backend (one vector space) embeds its queries and finds the right chunk.
     monkeypatch.setenv("RAG_ONNX_CACHE_DIR", str(tmp_path / "onnx"))
-    settings = settings_for(stages.retriever.index.index_dir).model_copy(update={"embedding_backend": "onnx"})
-    onnx_stages = LocalStages(settings, torch_threads=1)
-    assert onnx_stages.embedder.ensure_model().backend == "onnx"
-    assert stages.embedder.ensure_model().backend == "torch"
-    vector, _ = onnx_stages.embedder.embed(["how many vacation days"])
+    settings = settings_for(stages.retriever.index.index_dir).model_copy(update={"embedding_backend": backend})
+    configured = LocalStages(settings, torch_threads=1)
+    assert configured.embedder.ensure_model().backend == backend
+    vector, _ = configured.embedder.embed(["how many vacation days"])
     request = RetrievalRequest.resolve(settings.retrieval, query="how many vacation days", top_k=1, vector=vector[0].tolist())
-    chunks, _ = asyncio.run(onnx_stages.retrieve(request))
+    chunks, _ = asyncio.run(configured.retrieve(request))
     assert chunks[0].file == "handbook/vacation.md"
