@@ -1,6 +1,6 @@
 """Entry point: index a folder incrementally, or rebuild a version from Parquet.
 
-    python -m ingest_jobs.index --source DIR [--config FILE] [--full]
+    python -m ingest_jobs.index --source DIR [--source-name NAME] [--config FILE] [--full]
     python -m ingest_jobs.index --rebuild-from-parquet VERSION_DIR_OR_CHUNKS_DIR [--config FILE]
     ray job submit --working-dir . -- python -m ingest_jobs.index --source DIR
 
@@ -21,7 +21,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ingest_jobs.discovery import SourceNotFound
-from ingest_jobs.runner import IngestRun, rebuild_from_parquet
+from ingest_jobs.runner import IngestRun, InvalidSourceName, rebuild_from_parquet
 from rag_core.embedding import EmbeddingModelError
 from rag_core.index_store import PARQUET_DIR, IndexLockBusy, VersionedIndex
 from rag_core.logs import configure_json_logging
@@ -40,6 +40,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     target.add_argument("--source", type=Path, help="folder of .pdf/.txt/.md documents to mirror into the index")
     target.add_argument(
         "--rebuild-from-parquet", type=Path, metavar="DIR", help="a version folder (or its chunks/ folder) to load without re-embedding"
+    )
+    parser.add_argument(
+        "--source-name",
+        help="the name this folder is indexed under (default: the folder's name). An index holds several named sources; "
+        "a run mirrors its own source only, so indexing another folder keeps the first one's documents",
     )
     parser.add_argument("--config", type=Path, help="settings YAML (default: $RAG_CONFIG or configs/rag.yaml)")
     parser.add_argument("--full", action="store_true", help="re-embed every file into a new version")
@@ -67,8 +72,8 @@ def main(argv: list[str] | None = None) -> int:
                 parquet_dir = parquet_dir / PARQUET_DIR
             summary = rebuild_from_parquet(settings, parquet_dir)
         else:
-            summary = IngestRun(settings, args.source, full=args.full).run()
-    except SourceNotFound as exc:
+            summary = IngestRun(settings, args.source, full=args.full, source_name=args.source_name).run()
+    except (SourceNotFound, InvalidSourceName) as exc:
         _emit({"error": str(exc), "index_version": current()})
         return EXIT_USAGE
     except IndexLockBusy as exc:

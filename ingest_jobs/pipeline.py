@@ -24,6 +24,7 @@ from ingest_jobs.redaction import shared_redactor
 from rag_core.chunking import RecursiveChunker
 from rag_core.embedding import EmbeddingModelSpec, load_for_spec
 from rag_core.index_store import chunk_schema
+from rag_core.manifest import doc_key
 from rag_core.parsing import DocumentParseError, DocumentParser, parser_signature
 from rag_core.settings import OCRSettings, PIISettings
 
@@ -35,10 +36,11 @@ def current_node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
 
-def make_chunk_id(file_sha256: str, file_path: str, chunk_index: int) -> str:
-    """Deterministic: the file's content hash and the chunk's position. A short hash of the path
-    keeps identical files at two paths from colliding (both stay citable)."""
-    path_tag = hashlib.sha1(file_path.encode()).hexdigest()[:8]
+def make_chunk_id(file_sha256: str, file_path: str, chunk_index: int, source: str = "") -> str:
+    """Deterministic: the file's content hash and the chunk's position. A short hash of the source
+    and path keeps identical files at two paths, or at one path in two sources, from colliding
+    (all stay citable); files indexed before sources were named (source "") keep their ids."""
+    path_tag = hashlib.sha1(doc_key(source, file_path).encode()).hexdigest()[:8]
     return f"{file_sha256[:32]}-{path_tag}-{chunk_index:05d}"
 
 
@@ -154,6 +156,7 @@ class ParseAndChunk:
         sha = hashlib.sha256(data).hexdigest()
         common = {
             "file": record["file"],
+            "source": record.get("source") or "",
             "file_sha256": sha,
             "sidecar_sha256": record["sidecar_sha256"],
             "file_size": len(data),
@@ -185,7 +188,7 @@ class ParseAndChunk:
         return [
             {
                 **common,
-                "chunk_id": make_chunk_id(sha, record["file"], chunk.chunk_index),
+                "chunk_id": make_chunk_id(sha, record["file"], chunk.chunk_index, record.get("source") or ""),
                 "page": chunk.page,
                 "chunk_index": chunk.chunk_index,
                 "char_start": chunk.char_start,
@@ -258,7 +261,7 @@ def parse_and_chunk_batch(files: pa.Table, config: ParseConfig) -> pa.Table:
     return ParseAndChunk(config)(unpack_blocks(files))
 
 
-FILE_ROW_COLUMNS = ("file", "data", "sidecar_sha256", "metadata")
+FILE_ROW_COLUMNS = ("file", "source", "data", "sidecar_sha256", "metadata")
 
 
 def pack_block(rows: Sequence[dict[str, Any]]) -> dict[str, list[Any]]:
@@ -517,5 +520,11 @@ def build_dataset(
     )
 
 
-def file_row(path: str, data: bytes, sidecar_sha256: str, metadata: dict[str, Any]) -> dict[str, Any]:
-    return {"file": path, "data": data, "sidecar_sha256": sidecar_sha256, "metadata": json.dumps(metadata, sort_keys=True)}
+def file_row(path: str, data: bytes, sidecar_sha256: str, metadata: dict[str, Any], source: str = "") -> dict[str, Any]:
+    return {
+        "file": path,
+        "source": source,
+        "data": data,
+        "sidecar_sha256": sidecar_sha256,
+        "metadata": json.dumps(metadata, sort_keys=True),
+    }

@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections import Counter
@@ -39,7 +40,7 @@ from ingest_jobs.redaction import redactor_signature
 from rag_core.audit import default_actor, utc_now
 from rag_core.embedding import EmbeddingModel, EmbeddingModelSpec, same_vector_space
 from rag_core.index_store import MANIFEST_COLUMNS, VersionBuilder, VersionedIndex, VersionInfo, manifest_from_rows, read_parquet_version
-from rag_core.manifest import Manifest, ManifestDiff, ManifestEntry, diff_manifest
+from rag_core.manifest import LEGACY_SOURCE, Manifest, ManifestDiff, ManifestEntry, diff_manifest, doc_key
 from rag_core.parsing import DocumentParseError
 from rag_core.settings import RAGSettings
 
@@ -76,6 +77,11 @@ class IngestSummary:
     # What the run asked Ray for and why: CPUs free and cores when it started, the CPU requests,
     # parse concurrency, torch threads, blocks (see README, Ingest beside serving).
     resources: dict[str, Any] = field(default_factory=dict)
+    # The named source this run mirrored, and documents per source in the index after it.
+    source: str = ""
+    sources: dict[str, int] = field(default_factory=dict)
+    # Documents indexed before sources were named, adopted by this source (no re-embedding).
+    files_adopted: int = 0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -358,11 +364,30 @@ def iter_with_guard(build: Callable[[], Any], batch_size: int, guard: StallGuard
         yield item
 
 
+SOURCE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class InvalidSourceName(ValueError):
+    """A source name that is not 1-64 letters, digits, '.', '_' or '-' (starting with a letter or digit)."""
+
+
+def source_name_for(folder: Path, name: str | None) -> str:
+    """The named source a folder is indexed as: `name`, else the folder's own name."""
+    chosen = name if name is not None else Path(folder).resolve().name
+    if not SOURCE_NAME.match(chosen or ""):
+        raise InvalidSourceName(
+            f"source name {chosen!r}: use 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit (--source-name)"
+        )
+    return chosen
+
+
 class IngestRun:
-    def __init__(self, settings: RAGSettings, source: Path, full: bool = False):
+    def __init__(self, settings: RAGSettings, source: Path, full: bool = False, source_name: str | None = None):
         self.settings = settings
         self.source = Path(source)
+        self.source_name = source_name_for(self.source, source_name)
         self.full = full
+        self.adopting = False  # this run takes over the documents indexed before sources were named
         self.pii_found: dict[str, dict[str, int]] = {}  # file -> PII type -> count redacted
         self.incomplete: dict[str, list[str]] = {}  # file -> parts that yielded no text
         self.reparsed: dict[str, str] = {}  # unchanged file read again -> why
@@ -397,12 +422,19 @@ class IngestRun:
         model = self._load_model()
         spec = model.spec
         rebuild_reason = self._full_rebuild_reason(current, spec)
-        base_manifest = Manifest() if rebuild_reason else previous_manifest
+        # This source's documents, by path; an index from before sources were named is adopted
+        # (its entries become this source's) when this source is the folder it was built from.
+        self.adopting = self._adopts_legacy(previous_manifest)
+        own = previous_manifest.of_source(self.source_name)
+        if self.adopting:
+            own = {**previous_manifest.of_source(LEGACY_SOURCE), **own}
+        own_manifest = Manifest(own)
+        base_manifest = Manifest() if rebuild_reason else own_manifest
 
         fingerprints = {f.path: f.fingerprint for f in scan.files}
         diff = diff_manifest(base_manifest, fingerprints)
         diff, reparse_reasons = self._reparse_stale(diff, base_manifest)
-        if not scan.files and previous_manifest.files:
+        if not scan.files and own_manifest.files:
             # An empty source usually means an unmounted or mistyped folder: refuse to wipe the index.
             log.warning("source %s has no documents; the index is left unchanged", self.source)
             diff = ManifestDiff([], [], [], [])
@@ -417,6 +449,8 @@ class IngestRun:
             embedding_model=spec.name,
             full_rebuild_reason=rebuild_reason,
             chunks_total=current.chunks_total if current else 0,
+            source=self.source_name,
+            sources=previous_manifest.sources(),
         )
         failures = list(scan.failed)
         log.info(
@@ -433,7 +467,8 @@ class IngestRun:
             },
         )
 
-        needs_version = bool(diff.to_embed or diff.deleted or rebuild_reason)
+        adopted = [p for p in diff.unchanged if own[p].source == LEGACY_SOURCE] if self.adopting else []
+        needs_version = bool(diff.to_embed or diff.deleted or rebuild_reason or adopted)
         if not needs_version:
             summary.files_failed = [asdict(f) for f in failures]
             return summary, self._file_actions(diff, [], failures, scan.ignored)
@@ -448,16 +483,21 @@ class IngestRun:
                 self.incomplete[path] = [f"read again ({self.reparsed[path]}) and failed: {reason}; the previous text is kept"]
             failures.extend(f for f in pipeline_failures if f.file not in kept)
             # Files whose old chunks leave the index: deleted, or changed (even if they now fail).
-            dropped = [p for p in diff.deleted + diff.changed if p in previous_manifest.files and p not in kept]
-            if not (new_entries or dropped or rebuild_reason):
+            dropped = [p for p in diff.deleted + diff.changed if p in own and p not in kept]
+            if not (new_entries or dropped or rebuild_reason or adopted):
                 # Only previously failing files were retried, and they still fail: keep serving
                 # the current version rather than publishing an identical one.
                 builder.abort()
                 summary.files_failed = [asdict(f) for f in failures]
                 summary.files_incomplete = [{"file": path, "reason": "; ".join(self.incomplete[path])} for path in sorted(kept)]
                 return summary, self._file_actions(diff, [], failures, scan.ignored)
-            carried = self._carry_over(builder, current, diff.unchanged + sorted(kept), rebuild_reason)
-            manifest = Manifest({**carried, **new_entries})
+            keep = {doc_key(own[p].source, p) for p in diff.unchanged + sorted(kept)} if not rebuild_reason else set()
+            mine = {self.source_name, LEGACY_SOURCE} if self.adopting else {self.source_name}
+            others = {key for key, entry in previous_manifest.files.items() if entry.source not in mine}
+            # Other sources' files are not at hand: on a model change their stored chunk text is embedded again.
+            reembed = model if current is not None and not same_vector_space(current.model_spec, spec) else None
+            carried = self._carry_over(builder, current, keep | others, reembed)
+            manifest = Manifest({**carried, **{doc_key(e.source, e.path): e for e in new_entries.values()}})
             info = builder.commit(manifest)
             self.index.set_current(builder.version)
         except BaseException:
@@ -467,7 +507,7 @@ class IngestRun:
         if removed:
             log.info("garbage collected versions", extra={"fields": {"removed": removed}})
 
-        replaced = list(previous_manifest.files) if rebuild_reason else dropped
+        replaced = list(own) if rebuild_reason else dropped
         summary.index_version = info.version
         summary.new_version_created = True
         summary.files_indexed = len(new_entries)
@@ -486,8 +526,10 @@ class IngestRun:
             if path in new_entries or path in kept
         ]
         summary.chunks_added = sum(len(e.chunk_ids) for e in new_entries.values())
-        summary.chunks_deleted = sum(len(previous_manifest.files[p].chunk_ids) for p in replaced)
+        summary.chunks_deleted = sum(len(own[p].chunk_ids) for p in replaced)
         summary.chunks_total = info.chunks_total
+        summary.sources = manifest.sources()
+        summary.files_adopted = len(adopted)
         return summary, self._file_actions(diff, list(new_entries), failures, scan.ignored)
 
     def _reparse_stale(self, diff: ManifestDiff, manifest: Manifest) -> tuple[ManifestDiff, dict[str, int]]:
@@ -538,17 +580,45 @@ class IngestRun:
         return None
 
     def _carry_over(
-        self, builder: VersionBuilder, current: VersionInfo | None, paths: list[str], rebuild_reason: str | None
+        self, builder: VersionBuilder, current: VersionInfo | None, keys: set[str], reembed: EmbeddingModel | None
     ) -> dict[str, ManifestEntry]:
-        """Copy these files' chunks (with their vectors) from the current version's Parquet."""
-        if current is None or rebuild_reason or not paths:
+        """Copy these documents' chunks (by manifest key) from the current version's Parquet, with
+        their vectors, or embedded again by `reembed` when the run rebuilds the vectors (a model
+        change: other sources' files are not at hand, their stored chunk text is). Documents
+        indexed before sources were named, when this run adopts them, are relabelled as its own."""
+        if current is None or not keys:
             return {}
         table, _ = read_parquet_version(self.index.parquet_dir(current.version))
-        keep = table.filter(pc.is_in(table.column("file"), value_set=pa.array(paths, type=pa.string())))
+        sources = pc.fill_null(table.column("source"), "")
+        row_keys = pc.if_else(pc.equal(sources, ""), table.column("file"), pc.binary_join_element_wise(sources, table.column("file"), "//"))
+        keep = table.filter(pc.is_in(row_keys, value_set=pa.array(sorted(keys), type=pa.string())))
+        if self.adopting:
+            relabelled = pc.if_else(pc.equal(pc.fill_null(keep.column("source"), ""), ""), self.source_name, keep.column("source"))
+            keep = keep.set_column(keep.schema.get_field_index("source"), "source", relabelled)
         batch = self.settings.ingest.write_batch_size
         for offset in range(0, keep.num_rows, batch):
-            builder.add(keep.slice(offset, batch))
+            part = keep.slice(offset, batch)
+            if reembed is not None:
+                vectors = reembed.embed_documents(part.column("text").to_pylist())
+                field = part.schema.field("embedding")
+                column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), type=pa.float32()), vectors.shape[1])
+                part = part.set_column(part.schema.get_field_index("embedding"), field.with_type(column.type), column)
+            builder.add(part)
         return manifest_from_rows(keep).files
+
+    def _adopts_legacy(self, manifest: Manifest) -> bool:
+        """Whether this run takes over the documents indexed before sources were named: when the
+        last ingest that completed before sources had names read this same folder (the audit trail
+        says which), or when the trail does not say."""
+        if not manifest.of_source(LEGACY_SOURCE):
+            return False
+        unnamed = [
+            r
+            for r in self.index.audit.records()
+            if r.get("event") == "ingest" and r.get("status") == "completed" and "source_name" not in r
+        ]
+        folder = unnamed[-1].get("source") if unnamed else None
+        return folder is None or Path(folder) == self.source.resolve()
 
     def _embed_and_write(
         self, builder: VersionBuilder, scan: ScanResult, to_embed: list[str], spec: EmbeddingModelSpec, started_at: str
@@ -565,7 +635,7 @@ class IngestRun:
             except OSError as exc:
                 failures.append(SkippedFile(path, f"cannot read: {exc.strerror or exc}"))
                 continue
-            rows.append(file_row(path, data, source_file.sidecar_sha256, source_file.metadata))
+            rows.append(file_row(path, data, source_file.sidecar_sha256, source_file.metadata, self.source_name))
         if not rows:
             return {}, failures
         s = self.settings
@@ -609,7 +679,7 @@ class IngestRun:
             self._run_pipeline(builder, retry_rows, single, parse_config, spec, resources, plan, progress, out)
         progress.finish(len(files_done) + len(failed_paths))
 
-        entries = manifest_from_rows(pa.concat_tables(written)).files if written else {}
+        entries = {e.path: e for e in manifest_from_rows(pa.concat_tables(written)).files.values()} if written else {}
         failures.extend(SkippedFile(path, reason) for path, reason in sorted(failed_paths.items()))
         accounted = set(entries) | set(failed_paths)
         for row in rows:  # a file that produced neither chunks nor a failure row is still reported
@@ -738,6 +808,7 @@ class IngestRun:
             "started_at": started_at,
             "finished_at": utc_now(),
             "source": str(self.source.resolve()),
+            "source_name": self.source_name,
             "full": self.full,
         }
         if summary is not None:

@@ -51,7 +51,7 @@ from filelock import FileLock, Timeout
 from rag_core.audit import AuditLog, utc_now
 from rag_core.embedding import EmbeddingModelSpec
 from rag_core.location import LOCATION_METADATA_KEYS, Location
-from rag_core.manifest import Manifest, ManifestEntry
+from rag_core.manifest import Manifest, ManifestEntry, doc_key
 
 log = logging.getLogger("rag_core.index_store")
 
@@ -79,7 +79,19 @@ HNSW_CONFIGURATION = {"space": "cosine", "max_neighbors": 32, "ef_construction":
 
 # Chunk metadata written by the pipeline; sidecar keys may not override these.
 RESERVED_METADATA_KEYS = frozenset(
-    {"file", "page", "chunk_index", "char_start", "char_end", "file_sha256", "ingested_at", "index_version", "ocr", "ocr_confidence"}
+    {
+        "file",
+        "source",
+        "page",
+        "chunk_index",
+        "char_start",
+        "char_end",
+        "file_sha256",
+        "ingested_at",
+        "index_version",
+        "ocr",
+        "ocr_confidence",
+    }
     | LOCATION_METADATA_KEYS
 )
 
@@ -111,13 +123,14 @@ def chunk_schema(dimension: int) -> pa.Schema:
             ("location", pa.string()),  # JSON of rag_core.location.Location; null = a page
             ("ocr_confidence", pa.float32()),  # mean OCR word confidence 0-100; null = not OCR'd
             ("parse_signature", pa.string()),  # parser, OCR engine and redaction that produced the text
+            ("source", pa.string()),  # the named source holding the file; "" = indexed before sources were named
             ("embedding", pa.list_(pa.float32(), dimension)),
         ]
     )
 
 
 # Columns added after the first release, with what rows written before them mean.
-_LATER_COLUMNS = {"location": None, "ocr_confidence": None, "parse_signature": ""}
+_LATER_COLUMNS = {"location": None, "ocr_confidence": None, "parse_signature": "", "source": ""}
 
 
 def chunk_location(row: dict[str, Any]) -> Location:
@@ -317,6 +330,7 @@ def compact_ingest_record(record: dict[str, Any]) -> dict[str, Any]:
 def chroma_metadata(row: dict[str, Any]) -> dict[str, Any]:
     metadata = {
         "file": row["file"],
+        "source": row.get("source") or "",
         "page": int(row["page"]),
         "chunk_index": int(row["chunk_index"]),
         "char_start": int(row["char_start"]),
@@ -595,17 +609,29 @@ def read_parquet_version(parquet_dir: Path) -> tuple[pa.Table, dict[str, Any]]:
     return table, json.loads(raw)
 
 
-MANIFEST_COLUMNS = ["file", "chunk_id", "chunk_index", "file_sha256", "sidecar_sha256", "file_size", "index_version", "parse_signature"]
+MANIFEST_COLUMNS = [
+    "source",
+    "file",
+    "chunk_id",
+    "chunk_index",
+    "file_sha256",
+    "sidecar_sha256",
+    "file_size",
+    "index_version",
+    "parse_signature",
+]
 
 
 def manifest_from_rows(table: pa.Table) -> Manifest:
     """The manifest entries described by chunk rows (each file's chunk ids in order)."""
     entries: dict[str, dict[str, Any]] = {}
     columns = table.select(MANIFEST_COLUMNS).to_pylist()
-    for row in sorted(columns, key=lambda r: (r["file"], r["chunk_index"])):
+    for row in sorted(columns, key=lambda r: (r["source"] or "", r["file"], r["chunk_index"])):
         entry = entries.setdefault(
-            row["file"],
+            doc_key(row["source"] or "", row["file"]),
             {
+                "source": row["source"] or "",
+                "path": row["file"],
                 "sha256": row["file_sha256"],
                 "sidecar_sha256": row["sidecar_sha256"],
                 "size": row["file_size"],

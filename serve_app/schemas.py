@@ -77,7 +77,10 @@ class SourceLocation(BaseModel):
 
 
 class Source(BaseModel):
-    file: str = Field(..., description="Path relative to the ingested folder.")
+    file: str = Field(..., description="Path relative to its source folder.")
+    source: str | None = Field(
+        None, description="The named source holding the file (--source-name); null: indexed before sources had names."
+    )
     page: int = Field(..., description="Kept for older clients: location.page.")
     location: SourceLocation
     chunk_id: str

@@ -62,7 +62,15 @@ def source_location(chunk: RetrievedChunk) -> SourceLocation:
 
 def to_sources(chunks: list[RetrievedChunk]) -> list[Source]:
     return [
-        Source(file=c.file, page=c.page, location=source_location(c), chunk_id=c.chunk_id, score=round(c.score, 6), text=c.text)
+        Source(
+            file=c.file,
+            source=c.metadata.get("source") or None,
+            page=c.page,
+            location=source_location(c),
+            chunk_id=c.chunk_id,
+            score=round(c.score, 6),
+            text=c.text,
+        )
         for c in chunks
     ]
 

@@ -195,9 +195,9 @@ def test_rerun_embeds_nothing_and_a_changed_docx_reindexes_only_itself(tmp_path,
     shutil.copy(DOCS_DIR / "docling__word_sample.docx", source / "r2r__docx.docx")  # new content, same name
     process, changed = submit_ingest_job(ray_cluster, str(source), env)
     assert changed["files_indexed"] == 1 and changed["files_unchanged"] == 4 and changed["files_reparsed"] == 0
-    manifest = VersionedIndex(index_dir).manifest(changed["index_version"])
-    assert manifest.files["r2r__docx.docx"].index_version == changed["index_version"]
-    assert {manifest.files[name].index_version for name in manifest.files if name != "r2r__docx.docx"} == {first["index_version"]}
+    manifest = VersionedIndex(index_dir).manifest(changed["index_version"]).of_source(source.name)
+    assert manifest["r2r__docx.docx"].index_version == changed["index_version"]
+    assert {manifest[name].index_version for name in manifest if name != "r2r__docx.docx"} == {first["index_version"]}
     assert all(entry.parse_signature.startswith(("docx/", "xlsx/", "pptx/")) for entry in manifest.files.values())
 
 
@@ -218,8 +218,8 @@ def test_parse_signature_changes_reparse_exactly_the_files_they_affect(tmp_path,
     failed = {f["file"]: f["reason"] for f in no_ocr.summary["files_failed"]}
     assert set(failed) == {"scan.pdf"} and "OCR engine not installed" in failed["scan.pdf"]
     assert no_ocr.summary["files_incomplete"] == [{"file": "mixed.pdf", "reason": "pages 1-3, 5-6 are images: OCR engine not installed"}]
-    manifest = VersionedIndex(index_dir).manifest(no_ocr.summary["index_version"])
-    assert manifest.files["mixed.pdf"].parse_signature.endswith("; ocr unavailable")
+    manifest = VersionedIndex(index_dir).manifest(no_ocr.summary["index_version"]).of_source(source.name)
+    assert manifest["mixed.pdf"].parse_signature.endswith("; ocr unavailable")
 
     with_ocr = run_ingest(index_dir, ray_cluster, "--source", str(source))
     s = with_ocr.summary
@@ -254,5 +254,5 @@ def test_parse_signature_changes_reparse_exactly_the_files_they_affect(tmp_path,
     assert lost["files_failed"] == []
     assert "OCR engine not installed" in incomplete["scan.pdf"] and "the previous text is kept" in incomplete["scan.pdf"]
     assert "OCR engine not installed" in incomplete["mixed.pdf"]  # read again: its text page only
-    kept = VersionedIndex(index_dir).manifest(lost["index_version"]).files["scan.pdf"]
+    kept = VersionedIndex(index_dir).manifest(lost["index_version"]).of_source(source.name)["scan.pdf"]
     assert kept.chunk_ids and "; ocr tesseract" in kept.parse_signature  # the entry it was indexed with

@@ -10,9 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from ingest_jobs.index import EXIT_LOCKED, EXIT_USAGE
+from ingest_jobs.pipeline import make_chunk_id
 from rag_core.embedding import PACKAGED_MINILM, EmbeddingModel, packaged_minilm_path
 from rag_core.index_reader import IndexReader
 from rag_core.index_store import VERSION_INFO_FILE, VersionedIndex
@@ -114,8 +117,8 @@ def test_changed_and_deleted_content_is_no_longer_retrievable(tmp_path, ray_clus
     first = run_ingest(index_dir, ray_cluster, "--source", str(source))
     assert first.returncode == 0 and first.summary["files_indexed"] == 3
     assert search(index_dir, model, "zebra enclosure door code")[0].file == "zebra.txt"
-    v1_manifest = VersionedIndex(index_dir).manifest("v000001")
-    removed_chunks = len(v1_manifest.files["zebra.txt"].chunk_ids) + len(v1_manifest.files["falcon.md"].chunk_ids)
+    v1_manifest = VersionedIndex(index_dir).manifest("v000001").of_source("docs")  # the folder's name
+    removed_chunks = len(v1_manifest["zebra.txt"].chunk_ids) + len(v1_manifest["falcon.md"].chunk_ids)
 
     (source / "zebra.txt").unlink()
     (source / "falcon.md").write_text("# Project Falcon\n\nProject Falcon was cancelled; no satellites will fly.\n")
@@ -151,6 +154,68 @@ def test_changed_and_deleted_content_is_no_longer_retrievable(tmp_path, ray_clus
     assert not [d for d, m in all_documents(index_dir) if m["file"] == "zebra.txt"]
     events = [json.loads(line)["event"] for line in (index_dir / "audit.jsonl").read_text().splitlines()]
     assert events == ["ingest", "ingest", "rollback", "ingest"]
+
+
+def as_index_from_before_sources(index_dir: Path) -> None:
+    """Rewrite the current version as releases before named sources wrote it: manifest keys are
+    paths with no source, and the Parquet rows have no source column."""
+    index = VersionedIndex(index_dir)
+    version = index.current_version()
+    manifest_path = index.versions_root / version / "manifest.json"
+    legacy_id = {}  # chunk ids as they were made then: from the path alone
+    for part in index.parquet_dir(version).glob("*.parquet"):
+        table = pq.read_table(part)
+        rows = table.select(["file", "file_sha256", "chunk_index", "chunk_id"]).to_pylist()
+        ids = [make_chunk_id(r["file_sha256"], r["file"], r["chunk_index"]) for r in rows]
+        legacy_id.update({r["chunk_id"]: new for r, new in zip(rows, ids)})
+        table = table.set_column(table.schema.get_field_index("chunk_id"), "chunk_id", pa.array(ids, type=pa.string()))
+        pq.write_table(table.drop_columns(["source"]), part)
+    entries = json.loads(manifest_path.read_text())
+    legacy = {
+        e["path"]: {**{k: v for k, v in e.items() if k not in ("source", "path")}, "chunk_ids": [legacy_id[c] for c in e["chunk_ids"]]}
+        for e in entries.values()
+    }
+    manifest_path.write_text(json.dumps(legacy))
+    # The trail as those releases wrote it: no source names.
+    audit = index_dir / "audit.jsonl"
+    records = [json.loads(line) for line in audit.read_text().splitlines()]
+    audit.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "source_name"}) + "\n" for r in records))
+
+
+def test_several_named_sources_live_in_one_index_and_an_old_index_is_adopted_without_reembedding(tmp_path, ray_cluster, model):
+    docs, more, index_dir = tmp_path / "docs", tmp_path / "more", tmp_path / "index"
+    docs.mkdir()
+    more.mkdir()
+    (docs / "a.txt").write_text("The zebra enclosure door code is ORCHID-7741.\n")
+    (docs / "b.txt").write_text("Project Falcon launches on 12 March with three satellites.\n")
+    (more / "a.txt").write_text("The heron station opens in May; the same file name in another folder.\n")
+    first = run_ingest(index_dir, ray_cluster, "--source", str(docs))
+    assert first.returncode == 0 and first.summary["source"] == "docs" and first.summary["sources"] == {"docs": 2}
+    as_index_from_before_sources(index_dir)
+
+    # Another folder first: the old documents were read from docs/, so they stay, unnamed.
+    second = run_ingest(index_dir, ray_cluster, "--source", str(more))
+    s = second.summary
+    assert second.returncode == 0 and s["files_deleted"] == 0 and s["files_adopted"] == 0
+    assert s["sources"] == {"": 2, "more": 1} and s["chunks_total"] == first.summary["chunks_total"] + s["chunks_added"]
+    # docs/ again: its old documents are adopted as the source "docs", their chunks carried, not embedded again.
+    third = run_ingest(index_dir, ray_cluster, "--source", str(docs))
+    s = third.summary
+    assert third.returncode == 0 and s["files_adopted"] == 2 and s["chunks_added"] == 0 and s["files_unchanged"] == 2
+    assert s["sources"] == {"docs": 2, "more": 1} and s["new_version_created"]
+    documents = all_documents(index_dir)
+    assert {(m["source"], m["file"]) for _, m in documents} == {("docs", "a.txt"), ("docs", "b.txt"), ("more", "a.txt")}
+    assert {m["index_version"] for _, m in documents if m["source"] == "docs"} == {"v000001"}  # as first embedded
+
+    # A source's own deletions are honoured; the other source's file of the same name stays.
+    (docs / "a.txt").unlink()
+    fourth = run_ingest(index_dir, ray_cluster, "--source", str(docs))
+    assert fourth.summary["files_deleted"] == 1 and fourth.summary["sources"] == {"docs": 1, "more": 1}
+    hits = search(index_dir, model, "zebra enclosure door code", top_k=10)
+    assert "ORCHID-7741" not in " ".join(h.text for h in hits)
+    assert any(h.file == "a.txt" and h.metadata["source"] == "more" for h in search(index_dir, model, "When does the heron station open?"))
+    named = run_ingest(index_dir, ray_cluster, "--source", str(more), "--source-name", "../escape")
+    assert named.returncode == EXIT_USAGE and "source name" in named.summary["error"]
 
 
 def test_bad_input_is_reported_and_never_fatal(tmp_path, ray_cluster, pdf_dir):
@@ -192,7 +257,7 @@ def test_bad_input_is_reported_and_never_fatal(tmp_path, ray_cluster, pdf_dir):
     assert "too large" in failed["huge.txt"]
     assert failed["notes.docx"].startswith("corrupt or truncated .docx")
     manifest = VersionedIndex(index_dir).manifest(result.summary["index_version"])
-    assert set(manifest.files) == {"good.txt", "latin1.txt", "link-in.txt", "scan.pdf"}  # the scan through OCR
+    assert {e.path for e in manifest.files.values()} == {"good.txt", "latin1.txt", "link-in.txt", "scan.pdf"}  # the scan through OCR
     assert result.summary["files_seen"] == 9 and result.summary["files_indexed"] == 4
     assert result.summary["files_ignored"] >= 2  # notes.xyz and the link out of the folder
     documents = all_documents(index_dir)
@@ -235,7 +300,7 @@ def test_killed_run_leaves_current_version_intact_then_all_shared_pdfs_are_accou
     index = VersionedIndex(run.index_dir)
     failed = {f["file"]: f["reason"] for f in s["files_failed"]}
     manifest = index.manifest(s["index_version"])
-    pdfs_indexed = {p for p in manifest.files if p in all_pdfs}
+    pdfs_indexed = {e.path for e in manifest.files.values() if e.path in all_pdfs}
     assert s["files_seen"] == len(all_pdfs) + 4
     assert pdfs_indexed | set(failed) == all_pdfs and not pdfs_indexed & set(failed)
     # Every file with text is indexed, encrypted ones included, and the image-only scans through OCR;

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from rag_core.manifest import FileFingerprint, Manifest, ManifestDiff, ManifestEntry, diff_manifest
+from rag_core.manifest import FileFingerprint, Manifest, ManifestDiff, ManifestEntry, diff_manifest, doc_key
 
 
 def entry(sha: str, sidecar: str = "", chunks: int = 2, version: str = "v000001") -> ManifestEntry:
@@ -94,3 +94,24 @@ def test_load_reads_saved_json(tmp_path: Path) -> None:
     path = tmp_path / "manifest.json"
     path.write_text(PREVIOUS.to_json())
     assert Manifest.load(path) == PREVIOUS
+
+
+def test_documents_of_several_sources_are_told_apart_by_key() -> None:
+    docs = ManifestEntry("1", "", 10, ("c1",), "v000001", source="docs", path="a.txt")
+    more = ManifestEntry("2", "", 10, ("c2",), "v000002", source="more", path="a.txt")
+    manifest = Manifest({doc_key("docs", "a.txt"): docs, doc_key("more", "a.txt"): more})
+    assert set(manifest.files) == {"docs//a.txt", "more//a.txt"}
+    assert doc_key("docs", "a.txt") != doc_key("", "docs/a.txt")  # a named source never collides with an unnamed subfolder
+    assert manifest.of_source("docs") == {"a.txt": docs} and manifest.of_source("more") == {"a.txt": more}
+    assert manifest.sources() == {"docs": 1, "more": 1}
+    # One source's diff sees its own documents only: the other source's a.txt is neither deleted nor changed.
+    assert diff_manifest(manifest.of_source("docs"), {"a.txt": FileFingerprint("1")}) == ManifestDiff([], [], ["a.txt"], [])
+    assert Manifest.from_json(manifest.to_json()) == manifest
+
+
+def test_a_manifest_from_before_sources_reads_as_the_unnamed_source() -> None:
+    legacy = '{"a.txt": {"sha256": "1", "sidecar_sha256": "", "size": 3, "chunk_ids": ["c"], "index_version": "v000001"}}'
+    manifest = Manifest.from_json(legacy)
+    assert doc_key("", "a.txt") == "a.txt"
+    assert manifest.sources() == {"": 1} and set(manifest.of_source("")) == {"a.txt"}
+    assert manifest.of_source("docs") == {}

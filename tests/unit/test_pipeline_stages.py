@@ -133,6 +133,12 @@ def test_make_chunk_id_format() -> None:
     assert make_chunk_id("cd" * 32, "a/b.txt", 7) != chunk_id
 
 
+def test_one_path_in_two_sources_gets_different_chunk_ids_and_unnamed_sources_keep_theirs() -> None:
+    sha = "ab" * 32
+    assert make_chunk_id(sha, "a.txt", 0, "docs") != make_chunk_id(sha, "a.txt", 0, "more")
+    assert make_chunk_id(sha, "a.txt", 0, "") == make_chunk_id(sha, "a.txt", 0)  # indexes from before sources were named
+
+
 def test_identical_files_at_two_paths_get_different_chunk_ids() -> None:
     data = GOOD_TEXT.encode()
     out = ParseAndChunk(CONFIG)(files_table(file_row("a/copy.txt", data, "", {}), file_row("b/copy.txt", data, "", {})))
@@ -174,8 +180,8 @@ def test_empty_batch_gives_an_empty_table() -> None:
 
 
 def test_file_row_serialises_metadata_as_sorted_json() -> None:
-    row = file_row("x.txt", b"data", "s", {"b": 1, "a": [True]})
-    assert row == {"file": "x.txt", "data": b"data", "sidecar_sha256": "s", "metadata": '{"a": [true], "b": 1}'}
+    row = file_row("x.txt", b"data", "s", {"b": 1, "a": [True]}, "handbook")
+    assert row == {"file": "x.txt", "source": "handbook", "data": b"data", "sidecar_sha256": "s", "metadata": '{"a": [true], "b": 1}'}
 
 
 # -- EmbedChunks ------------------------------------------------------------------------------
