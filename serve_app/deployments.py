@@ -93,6 +93,9 @@ class RetrieverDeployment:
         chunks, info = await asyncio.to_thread(self.retriever.retrieve, request)
         return chunks, info.version
 
+    async def sources(self, access: dict[str, Any] | None) -> list[str]:
+        return await asyncio.to_thread(self.retriever.sources, access)
+
     def status(self) -> dict[str, Any]:
         return {**self.retriever.status(), "startup_s": self.startup_s}
 
@@ -169,6 +172,9 @@ class ServeStages(Stages):
             return
         async for event in self.handles["generator"].options(stream=True).answer_stream.remote(question, chunks):
             yield event
+
+    async def _call_sources(self, access: dict[str, Any] | None) -> list[str]:
+        return await self.handles["retriever"].sources.remote(access)
 
     async def _call_condense(self, history: list[Turn], question: str) -> Standalone:
         if self.local_answers is not None:  # no LLM: the deterministic rewrite, a fraction of a millisecond

@@ -62,6 +62,9 @@ class LocalStages(Stages):
         for event in await asyncio.to_thread(lambda: list(self.generator.stream(question, chunks))):
             yield event
 
+    async def _call_sources(self, access: dict[str, Any] | None) -> list[str]:
+        return await asyncio.to_thread(self.retriever.sources, access)
+
     async def _call_condense(self, history: list[Turn], question: str) -> Standalone:
         return await asyncio.to_thread(self.generator.condense, history, question)
 

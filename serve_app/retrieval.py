@@ -223,6 +223,15 @@ class HybridRetriever:
         positions = {chunk_id: i for i, chunk_id in enumerate(chunk_ids)}
         return IndexSnapshot(info, client, collection, lexical, chunk_ids, texts, metadatas, positions)
 
+    def sources(self, access: dict[str, Any] | None = None) -> list[str]:
+        """The named sources with at least one chunk this read filter admits (sources never leak
+        across tenants: one whose chunks a caller cannot read is not listed to it)."""
+        snapshot = self._snapshot
+        if snapshot is None:
+            return []
+        names = {m.get("source") or "" for m in snapshot.metadatas if access is None or matches(access, m)}
+        return sorted(names - {""})
+
     def retrieve(self, request: RetrievalRequest) -> tuple[list[RetrievedChunk], VersionInfo]:
         """The request's top chunks from the served version: dense and lexical candidates, fused,
         then optionally diversified. `request.access` (the caller's read filter) is ANDed with

@@ -72,6 +72,10 @@ class Stages(ABC):
     async def answer(self, question: str, chunks: list[RetrievedChunk]) -> Answer:
         return await guarded(self._call_answer(question, chunks))
 
+    async def sources(self, access: dict[str, Any] | None) -> list[str]:
+        """The index's named sources this read filter can see (what GET /v1/models lists)."""
+        return await guarded(self._call_sources(access))
+
     async def standalone(self, history: Sequence[Turn], question: str) -> Standalone:
         """The question to retrieve for: as it is when it stands alone (no call made), else rewritten
         from the history by the Generator (the LLM, or the deterministic rewrite without one)."""
@@ -108,6 +112,9 @@ class Stages(ABC):
 
     @abstractmethod
     def _call_answer_stream(self, question: str, chunks: list[RetrievedChunk]) -> AsyncIterator[dict[str, Any]]: ...
+
+    @abstractmethod
+    async def _call_sources(self, access: dict[str, Any] | None) -> list[str]: ...
 
     @abstractmethod
     async def _call_condense(self, history: list[Turn], question: str) -> Standalone: ...

@@ -41,5 +41,6 @@ async def chat_completions(body: ChatCompletionRequest, request: Request, respon
 
 @router.get("/v1/models", response_model=ModelList, responses=ERROR_RESPONSES)
 async def list_models(request: Request, caller: Caller = Security(authorize)) -> ModelList:
-    """What can answer, as OpenAI lists models: the index (`rag`)."""
-    return request.app.state.chat.models()
+    """What can answer, as OpenAI lists models: the index (`rag`), and `rag/<source>` for each named
+    source whose documents this key can read."""
+    return await request.app.state.chat.models(caller.access)

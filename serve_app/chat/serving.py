@@ -30,6 +30,7 @@ from serve_app.chat.protocol import (
     Usage,
 )
 from serve_app.conversation import ROLE_ASSISTANT, ROLE_USER, Standalone, Turn
+from serve_app.filters import normalize_filter
 from serve_app.http_common import NotFound
 from serve_app.schemas import MAX_QUESTION_CHARS, QueryRequest, QueryResponse
 from serve_app.service import QueryService, StageClock
@@ -79,21 +80,31 @@ class ChatService:
         self.tokens = TokenCounter()
         self.created = int(time.time())
 
-    def models(self) -> ModelList:
-        return ModelList(data=[ModelCard(id=self.model_name, created=self.created, description="Answers from the current index, cited.")])
+    async def models(self, access: Access) -> ModelList:
+        """`rag` (the whole index) and `rag/<source>` for each named source this caller can read."""
+        cards = [ModelCard(id=self.model_name, created=self.created, description="Answers from the current index, cited.")]
+        for source in await self.queries.stages.sources(access.read_filter()):
+            description = f"Answers from the documents of the source {source!r} only, cited."
+            cards.append(ModelCard(id=f"{self.model_name}/{source}", created=self.created, description=description))
+        return ModelList(data=cards)
 
-    def _check_model(self, model: str) -> None:
-        if model != self.model_name:
+    async def _filters_for(self, model: str, filters: dict[str, Any] | None, access: Access) -> dict[str, Any] | None:
+        """The request's filters, narrowed to the source a `rag/<source>` model names. The model
+        never widens what the caller reads: the access filter is applied below it, as on /v1/query."""
+        if model == self.model_name:
+            return filters
+        prefix = f"{self.model_name}/"
+        source = model[len(prefix) :] if model.startswith(prefix) else None
+        if not source or source not in await self.queries.stages.sources(access.read_filter()):
             raise NotFound(f"model {model!r} not found: GET /v1/models lists what answers here")
+        return normalize_filter({"$and": [filters, {"source": source}]} if filters else {"source": source})
 
-    async def _standalone(self, request: ChatCompletionRequest, clock: StageClock) -> tuple[Standalone, QueryRequest]:
-        self._check_model(request.model)
+    async def _standalone(self, request: ChatCompletionRequest, access: Access, clock: StageClock) -> tuple[Standalone, QueryRequest]:
+        filters = await self._filters_for(request.model, request.filters, access)
         history, question = conversation_of(request)
         with clock.stage("rewrite"):
             standalone = await self.queries.stages.standalone(history, question)
-        query = QueryRequest(
-            question=bounded(standalone.question), top_k=request.top_k, filters=request.filters, use_cache=request.use_cache
-        )
+        query = QueryRequest(question=bounded(standalone.question), top_k=request.top_k, filters=filters, use_cache=request.use_cache)
         return standalone, query
 
     def _usage(self, request: ChatCompletionRequest, answer: str) -> Usage:
@@ -115,7 +126,7 @@ class ChatService:
         )
 
     async def complete(self, request: ChatCompletionRequest, request_id: str, access: Access, clock: StageClock) -> ChatCompletion:
-        standalone, query = await self._standalone(request, clock)
+        standalone, query = await self._standalone(request, access, clock)
         response = await self.queries.query(query, request_id, access, clock)
         return ChatCompletion(
             id=f"chatcmpl-{request_id}",
@@ -132,7 +143,7 @@ class ChatService:
         choice with the sources, the usage when asked for, then [DONE]. Errors before the first
         chunk (an unknown model, no index) surface when the first chunk is awaited."""
         clock = StageClock()
-        standalone, query = await self._standalone(request, clock)
+        standalone, query = await self._standalone(request, access, clock)
         events = self.queries.answer_events(query, request_id, access, clock)
         first = await anext(events)  # retrieval errors become HTTP errors, not a broken stream
         base = {"id": f"chatcmpl-{request_id}", "created": int(time.time()), "model": request.model}

@@ -14,7 +14,7 @@ from rag_core.index_store import VersionedIndex, VersionInfo, chunk_schema, mani
 def build_version(index: VersionedIndex, model: EmbeddingModel, corpus: list[tuple], make_current: bool = True) -> VersionInfo:
     """Commit `corpus` ((file, page, text, metadata) tuples) as a new version of `index`. A chunk's
     `tenant` and `groups` metadata become its access fields, as the ingest job writes them
-    (default: tenant "default", no groups)."""
+    (default: tenant "default", no groups), and `source` its named source (default: none)."""
     builder = index.begin(model.spec, {"chunk_size": 512, "chunk_overlap": 64}, index.current_version())
     vectors = model.embed_documents([text for _, _, text, _ in corpus]) if corpus else []
     rows, counts = [], {}
@@ -34,7 +34,8 @@ def build_version(index: VersionedIndex, model: EmbeddingModel, corpus: list[tup
                 "file_size": 1000,
                 "ingested_at": "2024-06-01T12:00:00+00:00",
                 "index_version": builder.version,
-                "metadata": json.dumps(with_access(metadata)),
+                "metadata": json.dumps(with_access({k: v for k, v in metadata.items() if k != "source"})),
+                "source": metadata.get("source", ""),
                 "embedding": vector.tolist(),
             }
         )

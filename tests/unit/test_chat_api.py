@@ -8,9 +8,11 @@ import json
 import openai
 import pytest
 from fastapi.testclient import TestClient
+from index_builder import build_version
 from test_serve_api import assert_error_json, build_index, clean_environment, settings_for
 
 from rag_core.embedding import EmbeddingModel
+from rag_core.index_store import VersionedIndex
 from serve_app.local import create_local_app
 
 VACATION = "handbook/vacation-policy.md"
@@ -172,3 +174,37 @@ def test_text_parts_are_read_as_the_question(client: openai.OpenAI) -> None:
     parts = [{"type": "text", "text": "Where can I park"}, {"type": "text", "text": "my bicycle?"}]
     completion = client.chat.completions.create(model="rag", messages=[{"role": "user", "content": parts}])
     assert completion.sources[0]["file"] == "office/parking.md"
+
+
+SOURCED = [
+    ("vacation.md", 1, "Employees receive 25 vacation days per year.", {"source": "handbook"}),
+    ("vpn.md", 1, "Connect to the VPN before opening the intranet; vacation requests go through the portal.", {"source": "it"}),
+    ("plans.md", 1, "Globex plans 40 vacation days for its own staff.", {"source": "globex-secrets", "tenant": "globex"}),
+]
+
+
+@pytest.fixture(scope="module")
+def sourced_client(tmp_path_factory: pytest.TempPathFactory):
+    with pytest.MonkeyPatch.context() as patch:
+        workdir = tmp_path_factory.mktemp("chat-sources")
+        clean_environment(patch, workdir)
+        build_version(VersionedIndex(workdir / "index"), EmbeddingModel.from_setting("auto", device="cpu"), SOURCED)
+        http = TestClient(create_local_app(settings_for(workdir / "index")), raise_server_exceptions=False)
+        yield openai.OpenAI(base_url="http://testserver/v1", api_key="not-needed", http_client=http, max_retries=0)
+
+
+def test_each_named_source_is_a_model_that_answers_from_it_alone(sourced_client: openai.OpenAI) -> None:
+    # The anonymous caller reads tenant "default": the other tenant's source is not even listed.
+    assert [m.id for m in sourced_client.models.list().data] == ["rag", "rag/handbook", "rag/it"]
+    question = [user("How many vacation days do employees receive?")]
+    everything = sourced_client.chat.completions.create(model="rag", messages=question, extra_body={"top_k": 10})
+    assert {s["source"] for s in everything.sources} == {"handbook", "it"}
+    it_only = sourced_client.chat.completions.create(model="rag/it", messages=question, extra_body={"top_k": 10})
+    assert {s["file"] for s in it_only.sources} == {"vpn.md"} and it_only.sources[0]["source"] == "it"
+    narrowed = sourced_client.chat.completions.create(
+        model="rag/handbook", messages=question, extra_body={"filters": {"file": "vpn.md"}, "use_cache": False}
+    )
+    assert narrowed.sources == []  # the model's source and the request's filters both apply
+    for hidden in ("rag/globex-secrets", "rag/nope", "rag/"):
+        with pytest.raises(openai.NotFoundError):
+            sourced_client.chat.completions.create(model=hidden, messages=question)

@@ -143,9 +143,10 @@ def test_retrieve_returns_results_best_first(client: TestClient, mode: str | Non
     assert data["index_version"] == "v000001" and data["reranker"] is None and data["latency_ms"] >= 0
     results = data["results"]
     assert 1 <= len(results) <= 3
-    assert all(set(r) == {"file", "page", "location", "chunk_id", "score", "text"} and r["location"]["page"] == r["page"] for r in results)
+    assert all(set(r) == {"file", "source", "page", "location", "chunk_id", "score", "text"} and r["location"]["page"] == r["page"] for r in results)
     assert results[0] == {
         "file": "it/security-faq.txt",
+        "source": None,  # indexed without a named source
         "page": 1,
         "chunk_id": "it/security-faq.txt#0",
         "score": results[0]["score"],
@@ -192,7 +193,7 @@ def test_query_answers_extractively_with_sources_and_echoes_the_request_id(clien
     assert data["request_id"] == "req-42.a:b" == response.headers["X-Request-ID"]
     assert len(data["sources"]) == 3
     assert data["sources"][0]["chunk_id"] == "handbook/vacation-policy.md#0"
-    assert all(set(s) == {"file", "page", "location", "chunk_id", "score", "text"} for s in data["sources"])
+    assert all(set(s) == {"file", "source", "page", "location", "chunk_id", "score", "text"} for s in data["sources"])
     # The answer quotes the answering sentence and cites its source by number.
     assert "Employees receive 25 vacation days per year. [1]" in data["answer"]
     for number in map(int, re.findall(r"\[(\d+)\]", data["answer"])):
