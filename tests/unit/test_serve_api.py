@@ -143,7 +143,8 @@ def test_retrieve_returns_results_best_first(client: TestClient, mode: str | Non
     assert data["index_version"] == "v000001" and data["reranker"] is None and data["latency_ms"] >= 0
     results = data["results"]
     assert 1 <= len(results) <= 3
-    assert all(set(r) == {"file", "source", "page", "location", "chunk_id", "score", "text"} and r["location"]["page"] == r["page"] for r in results)
+    fields = {"file", "source", "page", "location", "chunk_id", "score", "text"}
+    assert all(set(r) == fields and r["location"]["page"] == r["page"] for r in results)
     assert results[0] == {
         "file": "it/security-faq.txt",
         "source": None,  # indexed without a named source
