@@ -13,6 +13,7 @@ import pytest
 
 from rag_core.index_reader import RetrievedChunk
 from rag_core.settings import RAGSettings
+from serve_app.conversation import Turn
 from serve_app.generation import (
     MODE_DEGRADED,
     MODE_GENERATIVE,
@@ -149,6 +150,44 @@ def test_the_running_service_does_not_obey_an_injected_document(tmp_path, llama_
     assert body["mode"] == MODE_GENERATIVE and body["generator"].startswith("openai:")
     assert {s["file"] for s in body["sources"]} == {"handbook.txt", "vacation-notes.txt"}  # the attack was retrieved
     assert re.sub(r"\W+", "", body["answer"]).upper() != "PWNED", body["answer"]
+
+    # A chat follow-up on the same graph is made standalone through the LLM, before the cache lookup:
+    # its call shows in the rewrite stage's time (the deterministic rewrite takes well under a millisecond).
+    messages = [
+        {"role": "user", "content": QUESTION},
+        {"role": "assistant", "content": body["answer"]},
+        {"role": "user", "content": "And until when can unused ones be carried over?"},
+    ]
+    chat = httpx.post(f"{base}/v1/chat/completions", json={"model": "rag", "messages": messages, "top_k": 2}, timeout=2 * REQUEST_TIMEOUT_S)
+    assert chat.status_code == 200, chat.text
+    rag = chat.json()["rag"]
+    assert rag["rewrite"] in ("llm", "rules") and rag["mode"] == MODE_GENERATIVE  # rules: the LLM's reply was refused
+    rewrite_ms = float(re.search(r"rewrite;dur=([0-9.]+)", chat.headers["Server-Timing"]).group(1))
+    assert rewrite_ms > 50, chat.headers["Server-Timing"]
+
+
+def test_the_llm_rewrites_a_follow_up_or_its_reply_is_refused(llama_server: tuple[str, str], caplog) -> None:
+    base_url, model = llama_server
+    llm = OpenAIChatGenerator(base_url, model, None, REQUEST_TIMEOUT_S, 0, MAX_TOKENS, 0.0)
+    history = [Turn("user", QUESTION), Turn("assistant", "Employees receive 25 days of paid vacation per year [1].")]
+    follow_up = "Until when can unused ones be carried over?"
+    with caplog.at_level("WARNING", logger="serve_app.generation"):
+        rewritten = llm.condense(history, follow_up)
+    assert "rewrite of a follow-up failed" not in caplog.text  # the server answered the call
+    if rewritten is not None:  # a usable question keeps the follow-up's own words (parse_condensed)
+        assert rewritten.endswith("?") and "carried" in rewritten.lower()
+    # Whatever the model said, the generator hands back a standalone question.
+    standalone = AnswerGenerator.from_settings(make_settings(base_url, model)).condense(history, follow_up)
+    assert standalone.how in ("llm", "rules")
+    if standalone.how == "rules":
+        assert standalone.question.startswith(follow_up) and "vacation" in standalone.question
+
+
+def test_an_unreachable_llm_rewrites_deterministically() -> None:
+    generator = AnswerGenerator.from_settings(make_settings("http://127.0.0.1:9/v1", "nothing", timeout_s=2.0))
+    history = [Turn("user", QUESTION), Turn("assistant", "25 days [1].")]
+    standalone = generator.condense(history, "Until when can unused ones be carried over?")
+    assert standalone.how == "rules" and "vacation" in standalone.question
 
 
 def test_tiny_timeout_degrades_quickly_to_the_extractive_answer(llama_server: tuple[str, str]) -> None:
