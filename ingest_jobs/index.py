@@ -46,6 +46,19 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="the name this folder is indexed under (default: the folder's name). An index holds several named sources; "
         "a run mirrors its own source only, so indexing another folder keeps the first one's documents",
     )
+    parser.add_argument(
+        "--keep-absent",
+        action="store_true",
+        help="add and replace what the folder holds, keep this source's documents it does not hold (a staging folder "
+        "of uploads); only --delete removes documents",
+    )
+    parser.add_argument(
+        "--delete", action="append", default=[], metavar="PATH", help="with --keep-absent: a document of this source to remove"
+    )
+    parser.add_argument("--delete-from", type=Path, metavar="FILE", help="with --keep-absent: documents to remove, one path a line")
+    parser.add_argument(
+        "--purge-deleted", action="store_true", help="also drop kept versions that hold a deleted document (no rollback brings it back)"
+    )
     parser.add_argument("--config", type=Path, help="settings YAML (default: $RAG_CONFIG or configs/rag.yaml)")
     parser.add_argument("--full", action="store_true", help="re-embed every file into a new version")
     return parser.parse_args(argv)
@@ -72,7 +85,22 @@ def main(argv: list[str] | None = None) -> int:
                 parquet_dir = parquet_dir / PARQUET_DIR
             summary = rebuild_from_parquet(settings, parquet_dir)
         else:
-            summary = IngestRun(settings, args.source, full=args.full, source_name=args.source_name).run()
+            delete = list(args.delete)
+            if args.delete_from is not None:
+                delete += [line.strip() for line in args.delete_from.read_text().splitlines() if line.strip()]
+            if delete and not args.keep_absent:
+                _emit({"error": "--delete and --delete-from need --keep-absent (a mirrored folder deletes what it lacks)"})
+                return EXIT_USAGE
+            run = IngestRun(
+                settings,
+                args.source,
+                full=args.full,
+                source_name=args.source_name,
+                keep_absent=args.keep_absent,
+                delete=delete,
+                purge_deleted=args.purge_deleted,
+            )
+            summary = run.run()
     except (SourceNotFound, InvalidSourceName) as exc:
         _emit({"error": str(exc), "index_version": current()})
         return EXIT_USAGE

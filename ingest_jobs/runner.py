@@ -82,6 +82,8 @@ class IngestSummary:
     sources: dict[str, int] = field(default_factory=dict)
     # Documents indexed before sources were named, adopted by this source (no re-embedding).
     files_adopted: int = 0
+    # Kept versions dropped because they held a deleted document (--purge-deleted).
+    versions_purged: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -382,11 +384,29 @@ def source_name_for(folder: Path, name: str | None) -> str:
 
 
 class IngestRun:
-    def __init__(self, settings: RAGSettings, source: Path, full: bool = False, source_name: str | None = None):
+    def __init__(
+        self,
+        settings: RAGSettings,
+        source: Path,
+        full: bool = False,
+        source_name: str | None = None,
+        keep_absent: bool = False,
+        delete: Iterable[str] = (),
+        purge_deleted: bool = False,
+    ):
+        """`keep_absent`: the folder holds only what to add or replace (the document API's uploads,
+        whose originals are not kept): this source's documents absent from it stay, and only the
+        paths in `delete` leave the index. Otherwise the folder is mirrored: what is absent is
+        deleted. `purge_deleted`: kept versions holding a deleted document are dropped too, so no
+        rollback brings it back."""
         self.settings = settings
         self.source = Path(source)
         self.source_name = source_name_for(self.source, source_name)
         self.full = full
+        self.keep_absent = keep_absent
+        self.delete = set(delete)
+        self.purge_deleted = purge_deleted
+        self.purged_versions: list[str] = []
         self.adopting = False  # this run takes over the documents indexed before sources were named
         self.pii_found: dict[str, dict[str, int]] = {}  # file -> PII type -> count redacted
         self.incomplete: dict[str, list[str]] = {}  # file -> parts that yielded no text
@@ -431,10 +451,16 @@ class IngestRun:
         own_manifest = Manifest(own)
         base_manifest = Manifest() if rebuild_reason else own_manifest
 
-        fingerprints = {f.path: f.fingerprint for f in scan.files}
+        fingerprints = {f.path: f.fingerprint for f in scan.files if f.path not in self.delete}
         diff = diff_manifest(base_manifest, fingerprints)
+        # Kept though absent (keep_absent): carried as they are, or embedded again from their
+        # stored text on a model change, like other sources' documents; never read again.
+        absent_kept = sorted(p for p in own if p not in fingerprints and p not in self.delete) if self.keep_absent else []
+        if self.keep_absent:
+            deleted = sorted(p for p in own if p in self.delete)
+            diff = ManifestDiff(diff.added, diff.changed, diff.unchanged, deleted)
         diff, reparse_reasons = self._reparse_stale(diff, base_manifest)
-        if not scan.files and own_manifest.files:
+        if not scan.files and own_manifest.files and not self.keep_absent:
             # An empty source usually means an unmounted or mistyped folder: refuse to wipe the index.
             log.warning("source %s has no documents; the index is left unchanged", self.source)
             diff = ManifestDiff([], [], [], [])
@@ -494,6 +520,7 @@ class IngestRun:
             keep = {doc_key(own[p].source, p) for p in diff.unchanged + sorted(kept)} if not rebuild_reason else set()
             mine = {self.source_name, LEGACY_SOURCE} if self.adopting else {self.source_name}
             others = {key for key, entry in previous_manifest.files.items() if entry.source not in mine}
+            others |= {doc_key(own[p].source, p) for p in absent_kept}
             # Other sources' files are not at hand: on a model change their stored chunk text is embedded again.
             reembed = model if current is not None and not same_vector_space(current.model_spec, spec) else None
             carried = self._carry_over(builder, current, keep | others, reembed)
@@ -503,6 +530,9 @@ class IngestRun:
         except BaseException:
             builder.abort()
             raise
+        if self.purge_deleted and diff.deleted:
+            self.purged_versions = self.index.purge_versions_holding({doc_key(own[p].source, p) for p in diff.deleted})
+            log.info("purged kept versions holding deleted documents", extra={"fields": {"versions": self.purged_versions}})
         removed = self.index.garbage_collect(self.settings.ingest.keep_versions)
         if removed:
             log.info("garbage collected versions", extra={"fields": {"removed": removed}})
@@ -530,6 +560,7 @@ class IngestRun:
         summary.chunks_total = info.chunks_total
         summary.sources = manifest.sources()
         summary.files_adopted = len(adopted)
+        summary.versions_purged = self.purged_versions
         return summary, self._file_actions(diff, list(new_entries), failures, scan.ignored)
 
     def _reparse_stale(self, diff: ManifestDiff, manifest: Manifest) -> tuple[ManifestDiff, dict[str, int]]:

@@ -578,6 +578,15 @@ class VersionedIndex:
         self.backend.drop(version)
         shutil.rmtree(self.versions_root / version, ignore_errors=True)
 
+    def purge_versions_holding(self, keys: set[str]) -> list[str]:
+        """Drop every committed version other than the current one whose manifest holds one of
+        these documents (manifest keys): a deleted document cannot come back by a rollback."""
+        current = self.current_version()
+        purged = [v for v in self.committed_versions() if v != current and keys & set(self.manifest(v).files)]
+        for version in purged:
+            self.discard(version)
+        return purged
+
     def garbage_collect(self, keep: int) -> list[str]:
         """Drop unfinished builds and committed versions beyond the newest `keep` (never the current one)."""
         current = self.current_version()

@@ -165,7 +165,8 @@ def test_reingest_runs_beside_the_graph_and_the_graph_keeps_answering(two_cpus, 
     client = threading.Thread(target=ask, daemon=True)
     client.start()
     try:
-        process, summary = submit_ingest_job(two_cpus, str(source), job_env(serving["index_dir"]))
+        # The same source as the first version (samples/, now with more files): its 4 files are unchanged.
+        process, summary = submit_ingest_job(two_cpus, str(source), job_env(serving["index_dir"]), "--source-name", "samples")
     finally:
         stop.set()
         client.join(timeout=60)

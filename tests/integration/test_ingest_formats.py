@@ -198,7 +198,7 @@ def test_rerun_embeds_nothing_and_a_changed_docx_reindexes_only_itself(tmp_path,
     manifest = VersionedIndex(index_dir).manifest(changed["index_version"]).of_source(source.name)
     assert manifest["r2r__docx.docx"].index_version == changed["index_version"]
     assert {manifest[name].index_version for name in manifest if name != "r2r__docx.docx"} == {first["index_version"]}
-    assert all(entry.parse_signature.startswith(("docx/", "xlsx/", "pptx/")) for entry in manifest.files.values())
+    assert all(entry.parse_signature.startswith(("docx/", "xlsx/", "pptx/")) for entry in manifest.values())
 
 
 def test_parse_signature_changes_reparse_exactly_the_files_they_affect(tmp_path, ray_cluster):

@@ -214,8 +214,48 @@ def test_several_named_sources_live_in_one_index_and_an_old_index_is_adopted_wit
     hits = search(index_dir, model, "zebra enclosure door code", top_k=10)
     assert "ORCHID-7741" not in " ".join(h.text for h in hits)
     assert any(h.file == "a.txt" and h.metadata["source"] == "more" for h in search(index_dir, model, "When does the heron station open?"))
+    # Another model rebuilds the run's own files from disk and the other source's from its stored text.
+    model_folder = packaged_minilm_path()  # same weights, named by folder: a different model id
+    rebuilt = run_ingest(index_dir, ray_cluster, "--source", str(docs), RAG_EMBEDDING_MODEL=model_folder)
+    s = rebuilt.summary
+    assert rebuilt.returncode == 0 and "embedding model changed" in s["full_rebuild_reason"], s
+    assert s["sources"] == {"docs": 1, "more": 1} and s["files_indexed"] == 1
+    assert VersionedIndex(index_dir).current_info().model_spec.name == model_folder
+    assert any(h.metadata["source"] == "more" for h in search(index_dir, model, "When does the heron station open?"))
     named = run_ingest(index_dir, ray_cluster, "--source", str(more), "--source-name", "../escape")
     assert named.returncode == EXIT_USAGE and "source name" in named.summary["error"]
+
+
+def test_a_staging_folder_adds_documents_keeps_the_absent_and_deletes_only_what_is_named(tmp_path, ray_cluster, model):
+    """--keep-absent: the folder holds what to add or replace (uploads whose originals are then
+    removed); documents it no longer holds stay until --delete names them; --purge-deleted drops
+    the kept versions that hold them, so no rollback brings them back."""
+    staging, index_dir = tmp_path / "staging", tmp_path / "index"
+    staging.mkdir()
+    (staging / "zebra.txt").write_text("The zebra enclosure door code is ORCHID-7741.\n")
+    (staging / "falcon.txt").write_text("Project Falcon launches on 12 March with three satellites.\n")
+    args = ["--source", str(staging), "--source-name", "uploads", "--keep-absent"]
+    first = run_ingest(index_dir, ray_cluster, *args)
+    assert first.returncode == 0 and first.summary["sources"] == {"uploads": 2}, first.summary
+    for original in staging.iterdir():  # indexed: the originals are not kept
+        original.unlink()
+    (staging / "heron.txt").write_text("The heron station opens in May.\n")
+    second = run_ingest(index_dir, ray_cluster, *args)
+    s = second.summary
+    assert (s["files_indexed"], s["files_deleted"], s["sources"]) == (1, 0, {"uploads": 3}), s
+    assert search(index_dir, model, "zebra enclosure door code")[0].file == "zebra.txt"
+
+    (staging / "heron.txt").unlink()
+    third = run_ingest(index_dir, ray_cluster, *args, "--delete", "zebra.txt", "--purge-deleted")
+    s = third.summary
+    assert third.returncode == 0 and (s["files_deleted"], s["sources"]) == (1, {"uploads": 2}), s
+    assert s["versions_purged"] == ["v000001", "v000002"]  # both held zebra.txt
+    assert VersionedIndex(index_dir).committed_versions() == [s["index_version"]]
+    assert "ORCHID-7741" not in " ".join(h.text for h in search(index_dir, model, "zebra enclosure door code", top_k=10))
+    assert {m["file"] for _, m in all_documents(index_dir)} == {"falcon.txt", "heron.txt"}
+
+    mirrored = run_ingest(index_dir, ray_cluster, "--source", str(staging), "--source-name", "uploads", "--delete", "falcon.txt")
+    assert mirrored.returncode == EXIT_USAGE and "--keep-absent" in mirrored.summary["error"]
 
 
 def test_bad_input_is_reported_and_never_fatal(tmp_path, ray_cluster, pdf_dir):
@@ -268,9 +308,9 @@ def test_bad_input_is_reported_and_never_fatal(tmp_path, ray_cluster, pdf_dir):
     assert scan and all(m["ocr"] is True and 0 < m["ocr_confidence"] <= 100 and m["page"] == 1 for m in scan)
     assert not [d for d, _ in all_documents(index_dir) if "secret outside" in d]
 
-    # An empty (e.g. unmounted) source never wipes an existing index.
+    # An empty (e.g. unmounted) source never wipes an existing index: here the folder of source "mixed".
     before = VersionedIndex(index_dir).current_version()
-    result = run_ingest(index_dir, ray_cluster, "--source", str(empty))
+    result = run_ingest(index_dir, ray_cluster, "--source", str(empty), "--source-name", "mixed")
     assert result.returncode == 0 and result.summary["files_deleted"] == 0
     assert VersionedIndex(index_dir).current_version() == before
 
@@ -314,9 +354,9 @@ def test_killed_run_leaves_current_version_intact_then_all_shared_pdfs_are_accou
 
 
 def test_a_different_model_builds_a_full_new_version(samples_index, ray_cluster):
-    index_dir = samples_index.index_dir
+    index_dir, source = samples_index.index_dir, str(samples_index.source)
     model_folder = packaged_minilm_path()  # same weights, named by folder: a different model id
-    result = run_ingest(index_dir, ray_cluster, "--source", str(SAMPLES_DIR), RAG_EMBEDDING_MODEL=model_folder)
+    result = run_ingest(index_dir, ray_cluster, "--source", source, RAG_EMBEDDING_MODEL=model_folder)
     s = result.summary
     assert result.returncode == 0 and s["index_version"] == "v000002"
     assert "embedding model changed" in s["full_rebuild_reason"]
@@ -326,7 +366,7 @@ def test_a_different_model_builds_a_full_new_version(samples_index, ray_cluster)
     assert info.model_spec.name == model_folder and info.model_spec.source == "path"
     assert {m["index_version"] for _, m in all_documents(index_dir)} == {"v000002"}
 
-    unloadable = run_ingest(index_dir, ray_cluster, "--source", str(SAMPLES_DIR), RAG_EMBEDDING_MODEL="BAAI/bge-base-en-v1.5")
+    unloadable = run_ingest(index_dir, ray_cluster, "--source", source, RAG_EMBEDDING_MODEL="BAAI/bge-base-en-v1.5")
     assert unloadable.returncode == EXIT_USAGE and "local" in unloadable.summary["error"]
     assert VersionedIndex(index_dir).current_version() == "v000002"
 
