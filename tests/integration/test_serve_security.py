@@ -34,7 +34,8 @@ KEYS = {
     "acme-staff": {"tenant": "acme"},
     "acme-hr": {"tenant": "acme", "groups": ["hr"]},
     "globex-staff": {"tenant": "globex"},
-    "limited": {"tenant": "globex", "rate_per_minute": 6, "burst": 6},
+    # One token a minute after the burst of 6: the 12 requests below see no refill unless they take over a minute.
+    "limited": {"tenant": "globex", "rate_per_minute": 1, "burst": 6},
 }
 SECRET = {name: f"rag_it_{name}_fedcba9876543210" for name in KEYS}
 ALLOWED = {
