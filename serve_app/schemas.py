@@ -11,6 +11,14 @@ from serve_app.filters import FilterError, normalize_filter
 MAX_QUESTION_CHARS = 4000
 
 
+def valid_filter(value: dict[str, Any] | None) -> dict[str, Any] | None:
+    """A request's `filters` normalized, or a validation error naming what is wrong."""
+    try:
+        return normalize_filter(value)
+    except FilterError as exc:
+        raise ValueError(str(exc)) from None
+
+
 class _Request(BaseModel):
     # Strict: `"use_cache": 0` or `"top_k": "5"` is an error, not silently coerced (found by fuzzing).
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -21,13 +29,7 @@ class _Request(BaseModel):
         examples=[{"file": {"$in": ["vacation-policy.md", "security-faq.txt"]}}],
     )
 
-    @field_validator("filters")
-    @classmethod
-    def _valid_filter(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        try:
-            return normalize_filter(value)
-        except FilterError as exc:
-            raise ValueError(str(exc)) from None
+    _valid_filter = field_validator("filters")(classmethod(lambda cls, v: valid_filter(v)))
 
 
 def _not_blank(value: str) -> str:

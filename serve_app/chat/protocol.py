@@ -13,8 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from serve_app.filters import FilterError, normalize_filter
-from serve_app.schemas import MAX_QUESTION_CHARS, Source
+from serve_app.schemas import MAX_QUESTION_CHARS, Source, valid_filter
 
 MAX_MESSAGES = 64
 
@@ -67,13 +66,7 @@ class ChatCompletionRequest(_Lenient):
     filters: dict[str, Any] | None = Field(None, description="Metadata filter, as on /v1/query.")
     use_cache: bool = Field(True, description="As on /v1/query: false forces a fresh answer.")
 
-    @field_validator("filters")
-    @classmethod
-    def _valid_filter(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
-        try:
-            return normalize_filter(value)
-        except FilterError as exc:
-            raise ValueError(str(exc)) from None
+    _valid_filter = field_validator("filters")(classmethod(lambda cls, v: valid_filter(v)))
 
     @field_validator("messages")
     @classmethod
