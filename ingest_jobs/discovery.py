@@ -11,11 +11,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rag_core.access import RESERVED_PREFIX, Access, AccessError, document_access
-from rag_core.index_store import RESERVED_METADATA_KEYS
+from rag_core.access import Access, AccessError, document_access
 from rag_core.manifest import FileFingerprint
+from rag_core.sidecar import SIDECAR_SUFFIX, validate_sidecar
 
-SIDECAR_SUFFIX = ".meta.json"
 _HASH_BLOCK = 1 << 20
 
 
@@ -62,21 +61,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(_HASH_BLOCK), b""):
             digest.update(block)
     return digest.hexdigest()
-
-
-def _validate_sidecar(raw: Any) -> dict[str, Any]:
-    if not isinstance(raw, dict):
-        raise ValueError("must be a JSON object")
-    for key, value in raw.items():
-        if key in RESERVED_METADATA_KEYS or key.startswith(RESERVED_PREFIX):
-            raise ValueError(f"key {key!r} is reserved")
-        scalars = (str, int, float, bool)
-        if isinstance(value, list):
-            if not value or not all(isinstance(v, scalars) for v in value) or len({type(v) for v in value}) > 1:
-                raise ValueError(f"key {key!r}: lists must be non-empty and of one scalar type")
-        elif not isinstance(value, scalars):
-            raise ValueError(f"key {key!r}: values must be strings, numbers, booleans or lists of them")
-    return raw
 
 
 def access_fingerprint(sidecar_sha256: str, access: Access) -> str:
@@ -143,7 +127,7 @@ class SourceScanner:
         if sidecar.is_file():
             try:
                 raw = sidecar.read_bytes()
-                metadata = _validate_sidecar(json.loads(raw))
+                metadata = validate_sidecar(json.loads(raw))
                 sidecar_sha = hashlib.sha256(raw).hexdigest()
             except (OSError, ValueError) as exc:  # JSONDecodeError is a ValueError
                 result.failed.append(SkippedFile(relative, f"invalid sidecar {sidecar.name}: {exc}"))

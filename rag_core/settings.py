@@ -303,6 +303,30 @@ class ObservabilitySettings(BaseModel):
     )
 
 
+class DocumentsSettings(BaseModel):
+    """The document API (POST/GET/DELETE /v1/documents): uploads staged on the head node, indexed
+    by Ray jobs of `python -m ingest_jobs.index` as the named source `source_name`."""
+
+    enabled: bool = Field(True, description="Serve the document routes (on a Ray cluster; the single-process app answers 501).")
+    staging_dir: Path | None = Field(
+        None, description="Head-node folder of uploads waiting for their ingest, and the registry; default: <index_dir>/uploads."
+    )
+    source_name: str = Field("uploads", pattern=NAME_PATTERN, description="The named source uploads are indexed under.")
+    max_file_mb: float = Field(50.0, gt=0, description="Largest file an upload may carry.")
+    max_files: int = Field(20, ge=1, description="Files per upload request.")
+    max_request_mb: float = Field(100.0, gt=0, description="Body limit of POST /v1/documents (the JSON routes keep api.max_body_bytes).")
+    batch_wait_s: float = Field(
+        2.0, ge=0, description="Quiet time after the last upload or delete before a run starts: a burst is one run."
+    )
+    poll_interval_s: float = Field(1.0, gt=0, description="How often the registry looks at its running job.")
+    retry_after_s: float = Field(30.0, gt=0, description="Wait before retrying a run the index lock or the job server refused.")
+    purge_deleted: bool = Field(True, description="A delete also drops kept versions holding the document, so no rollback brings it back.")
+    ray_dashboard: str = Field(
+        "auto", description="Where jobs are submitted: 'auto' (the cluster the service runs in) or the dashboard's http:// address."
+    )
+    keep_finished_runs: int = Field(1000, ge=1, description="Finished ingest runs kept in the registry.")
+
+
 class RAGSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="RAG_", env_nested_delimiter="__", extra="forbid", validate_default=True)
     # Set on the subclass that load_settings() builds; None = defaults and environment only.
@@ -348,11 +372,35 @@ class RAGSettings(BaseSettings):
     redis: RedisSettings = Field(default_factory=RedisSettings)
     auth: AuthSettings = Field(default_factory=AuthSettings)
     observability: ObservabilitySettings = Field(default_factory=ObservabilitySettings)
+    documents: DocumentsSettings = Field(default_factory=DocumentsSettings)
 
     @field_validator("index_dir")
     @classmethod
     def _absolute_index_dir(cls, value: Path) -> Path:
         return value.expanduser().resolve()
+
+    @property
+    def uploads_dir(self) -> Path:
+        """Where the document API stages uploads (on the head node, beside the index's files)."""
+        folder = self.documents.staging_dir
+        return folder.expanduser().resolve() if folder is not None else self.index_dir / "uploads"
+
+    def as_config(self, exclude: set[str] = frozenset()) -> dict[str, Any]:
+        """These settings as a config file's mapping, secrets in clear (for a job's --config, a
+        file only its owner reads); `exclude` leaves top-level keys out."""
+
+        def reveal(value: Any) -> Any:
+            if isinstance(value, SecretStr):
+                return value.get_secret_value()
+            if isinstance(value, Path):
+                return str(value)
+            if isinstance(value, dict):
+                return {k: reveal(v) for k, v in value.items()}
+            if isinstance(value, list | tuple):
+                return [reveal(v) for v in value]
+            return value
+
+        return reveal(self.model_dump(exclude=set(exclude)))
 
     @field_validator("chroma_url", "redis_url", "llm_base_url", "llm_model", "ray_address", mode="before")
     @classmethod

@@ -17,8 +17,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from serve_app.auth import Authenticator, AuthError, Caller
 from serve_app.chat.api_router import router as chat_router
+from serve_app.documents.api_router import router as documents_router
 from serve_app.filters import FilterError
-from serve_app.http_common import ERROR_RESPONSES, Forbidden, NotFound, RateLimited, authorize
+from serve_app.http_common import ERROR_RESPONSES, ClientError, Forbidden, NotFound, RateLimited, authorize
 from serve_app.metrics import NullMetrics
 from serve_app.rate_limit import RateLimiter
 from serve_app.schemas import (
@@ -43,20 +44,29 @@ class _BodyTooLarge(Exception):
     pass
 
 
-class BodySizeLimit:
-    """Answers 413 for bodies over the limit, by Content-Length or by counting a streamed body."""
+def _route_path(scope: dict) -> str:
+    """The path the app routes on: without the root path an app mounted under a prefix is given."""
+    path, root = scope.get("path", ""), scope.get("root_path", "")
+    return path[len(root) :] if root and path.startswith(root + "/") else path
 
-    def __init__(self, app: Any, max_bytes: int):
+
+class BodySizeLimit:
+    """Answers 413 for bodies over the limit, by Content-Length or by counting a streamed body.
+    `routes` gives (method, path) its own limit: uploads are larger than any JSON request."""
+
+    def __init__(self, app: Any, max_bytes: int, routes: dict[tuple[str, str], int] | None = None):
         self.app = app
         self.max_bytes = max_bytes
+        self.routes = routes or {}
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        max_bytes = self.routes.get((scope.get("method", ""), _route_path(scope)), self.max_bytes)
         length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None and length.isdigit() and int(length) > self.max_bytes:
-            await self._reject(scope, send)
+        if length is not None and length.isdigit() and int(length) > max_bytes:
+            await self._reject(scope, send, max_bytes)
             return
         received = 0
         started = False
@@ -66,7 +76,7 @@ class BodySizeLimit:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > self.max_bytes:
+                if received > max_bytes:
                     raise _BodyTooLarge
             return message
 
@@ -79,12 +89,12 @@ class BodySizeLimit:
             await self.app(scope, counting_receive, tracking_send)
         except _BodyTooLarge:
             if not started:
-                await self._reject(scope, send)
+                await self._reject(scope, send, max_bytes)
 
-    async def _reject(self, scope: dict, send: Any) -> None:
+    async def _reject(self, scope: dict, send: Any, max_bytes: int) -> None:
         incoming = dict(scope.get("headers") or []).get(REQUEST_ID_HEADER.lower().encode(), b"").decode("latin-1")
         request_id = incoming if _SAFE_REQUEST_ID.match(incoming) else uuid.uuid4().hex
-        body = ErrorResponse(error=f"request body over {self.max_bytes} bytes", request_id=request_id).model_dump()
+        body = ErrorResponse(error=f"request body over {max_bytes} bytes", request_id=request_id).model_dump()
         app = scope.get("app")
         echo = getattr(getattr(app, "state", None), "echo_request_id", True)
         response = JSONResponse(body, status_code=413, headers={REQUEST_ID_HEADER: request_id} if echo else None)
@@ -152,11 +162,14 @@ def install_security(app: FastAPI, settings: Any, rate_limiter: RateLimiter, hos
     app.state.rate_limits_enabled = settings.auth.rate_limit_enabled
 
 
-def install_limits(app: FastAPI, api_settings: Any) -> None:
-    """Body size limit and CORS from the settings; call before the app serves its first request."""
+def install_limits(app: FastAPI, settings: Any) -> None:
+    """Body size limits and CORS from the settings; call before the app serves its first request."""
+    api_settings = settings.api
     if api_settings.cors_origins:
-        app.add_middleware(CORSMiddleware, allow_origins=api_settings.cors_origins, allow_methods=["GET", "POST"], allow_headers=["*"])
-    app.add_middleware(BodySizeLimit, max_bytes=api_settings.max_body_bytes)
+        methods = ["GET", "POST", "DELETE"]
+        app.add_middleware(CORSMiddleware, allow_origins=api_settings.cors_origins, allow_methods=methods, allow_headers=["*"])
+    uploads = {("POST", "/v1/documents"): int(settings.documents.max_request_mb * 2**20)}
+    app.add_middleware(BodySizeLimit, max_bytes=api_settings.max_body_bytes, routes=uploads)
 
 
 def create_app(echo_request_id: bool = True) -> FastAPI:
@@ -171,6 +184,7 @@ def create_app(echo_request_id: bool = True) -> FastAPI:
     )
     app.state.echo_request_id = echo_request_id
     app.state.metrics = NullMetrics()  # the Serve ingress sets RayQueryMetrics
+    app.state.documents = None  # the Serve ingress sets a DocumentService; without one the routes answer 501
 
     app.add_middleware(RequestIds, echo=echo_request_id)
 
@@ -201,6 +215,10 @@ def create_app(echo_request_id: bool = True) -> FastAPI:
     @app.exception_handler(NotFound)
     async def not_found(request: Request, exc: NotFound) -> JSONResponse:
         return _error(request, 404, str(exc))
+
+    @app.exception_handler(ClientError)
+    async def refused(request: Request, exc: ClientError) -> JSONResponse:
+        return _error(request, exc.status, str(exc))
 
     @app.exception_handler(RateLimited)
     async def rate_limited(request: Request, exc: RateLimited) -> JSONResponse:
@@ -259,6 +277,7 @@ def create_app(echo_request_id: bool = True) -> FastAPI:
         return CachePurgeResponse(purged_keys=removed, version=version)
 
     app.include_router(chat_router)
+    app.include_router(documents_router)
 
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health(request: Request) -> Any:

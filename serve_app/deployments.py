@@ -20,6 +20,8 @@ from rag_core.settings import RAGSettings
 from serve_app.api import create_app, install_limits, install_security
 from serve_app.chat.serving import ChatService
 from serve_app.conversation import Standalone, Turn
+from serve_app.documents.actor import ActorRegistry
+from serve_app.documents.serving import DocumentService
 from serve_app.embedder import QueryEmbedder
 from serve_app.generation import Answer, AnswerGenerator
 from serve_app.metrics import RayIndexMetrics, RayQueryMetrics
@@ -196,13 +198,15 @@ class Ingress:
         stages = ServeStages(embedder, retriever, reranker, generator, local_answers)
         self.service = QueryService.from_settings(stages, settings, redis, RayQueryMetrics())
         self.rate_limiter = RateLimiter(redis, settings.auth.rate_limit_prefix)
+        self.documents = DocumentService(ActorRegistry(settings), settings) if settings.documents.enabled else None
 
     def __serve_build_asgi_app__(self) -> Any:
         app = create_app(echo_request_id=False)  # Serve's proxy echoes X-Request-ID itself
-        install_limits(app, self.settings.api)
+        install_limits(app, self.settings)
         install_security(app, self.settings, self.rate_limiter, serve_http_host(self.settings))
         app.state.service = self.service
         app.state.chat = ChatService(self.service)
+        app.state.documents = self.documents
         app.state.metrics = self.service.metrics
         return app
 

@@ -50,3 +50,11 @@ async def authorize(
 
 class NotFound(Exception):
     """A named thing (a model, a document, a job) that does not exist for this caller: 404."""
+
+
+class ClientError(Exception):
+    """A request refused with its own status and message (413, 415, 422, 501, ...)."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status

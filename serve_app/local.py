@@ -18,6 +18,8 @@ from rag_core.settings import RAGSettings, load_settings
 from serve_app.api import create_app, install_limits, install_security
 from serve_app.chat.serving import ChatService
 from serve_app.conversation import Standalone, Turn
+from serve_app.documents.in_process import InProcessRegistry
+from serve_app.documents.serving import DocumentService
 from serve_app.embedder import QueryEmbedder
 from serve_app.generation import Answer, AnswerGenerator
 from serve_app.rate_limit import RateLimiter
@@ -76,13 +78,15 @@ class LocalStages(Stages):
 def create_local_app(settings: RAGSettings, torch_threads: int | None = None) -> FastAPI:
     started = time.monotonic()
     app = create_app()
-    install_limits(app, settings.api)
+    install_limits(app, settings)
     redis = redis_from_settings(settings)
     install_security(app, settings, RateLimiter(redis, settings.auth.rate_limit_prefix), settings.api.host)
     service = QueryService.from_settings(LocalStages(settings, torch_threads), settings, redis)
     service.startup_time_seconds = time.monotonic() - started
     app.state.service = service
     app.state.chat = ChatService(service)
+    if settings.documents.enabled:
+        app.state.documents = DocumentService(InProcessRegistry(settings), settings)
     return app
 
 
