@@ -20,6 +20,7 @@ from serve_app.chat.api_router import router as chat_router
 from serve_app.documents.api_router import router as documents_router
 from serve_app.filters import FilterError
 from serve_app.http_common import ERROR_RESPONSES, ClientError, Forbidden, NotFound, RateLimited, authorize
+from serve_app.index_status.api_router import router as index_status_router
 from serve_app.metrics import NullMetrics
 from serve_app.rate_limit import RateLimiter
 from serve_app.schemas import (
@@ -33,6 +34,7 @@ from serve_app.schemas import (
 )
 from serve_app.service import StageClock
 from serve_app.stages import ServiceUnavailable
+from serve_app.web.api_router import router as web_router
 
 log = logging.getLogger("serve_app.api")
 
@@ -278,6 +280,8 @@ def create_app(echo_request_id: bool = True) -> FastAPI:
 
     app.include_router(chat_router)
     app.include_router(documents_router)
+    app.include_router(index_status_router)
+    app.include_router(web_router)
 
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health(request: Request) -> Any:

@@ -98,6 +98,9 @@ class RetrieverDeployment:
     async def sources(self, access: dict[str, Any] | None) -> list[str]:
         return await asyncio.to_thread(self.retriever.sources, access)
 
+    async def index_status(self, access: dict[str, Any] | None) -> dict[str, Any]:
+        return await asyncio.to_thread(self.retriever.index_status, access)
+
     def status(self) -> dict[str, Any]:
         return {**self.retriever.status(), "startup_s": self.startup_s}
 
@@ -177,6 +180,9 @@ class ServeStages(Stages):
 
     async def _call_sources(self, access: dict[str, Any] | None) -> list[str]:
         return await self.handles["retriever"].sources.remote(access)
+
+    async def _call_index_status(self, access: dict[str, Any] | None) -> dict[str, Any]:
+        return await self.handles["retriever"].index_status.remote(access)
 
     async def _call_condense(self, history: list[Turn], question: str) -> Standalone:
         if self.local_answers is not None:  # no LLM: the deterministic rewrite, a fraction of a millisecond

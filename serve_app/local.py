@@ -67,6 +67,9 @@ class LocalStages(Stages):
     async def _call_sources(self, access: dict[str, Any] | None) -> list[str]:
         return await asyncio.to_thread(self.retriever.sources, access)
 
+    async def _call_index_status(self, access: dict[str, Any] | None) -> dict[str, Any]:
+        return await asyncio.to_thread(self.retriever.index_status, access)
+
     async def _call_condense(self, history: list[Turn], question: str) -> Standalone:
         return await asyncio.to_thread(self.generator.condense, history, question)
 

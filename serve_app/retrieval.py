@@ -232,6 +232,49 @@ class HybridRetriever:
         names = {m.get("source") or "" for m in snapshot.metadatas if access is None or matches(access, m)}
         return sorted(names - {""})
 
+    def index_status(self, access: dict[str, Any] | None = None) -> dict[str, Any]:
+        """What the served version holds for this read filter (chunks, documents, documents per
+        source), the committed versions a rollback can return to, and the last ingest."""
+        snapshot = self._snapshot
+        chunks = 0
+        documents: Counter = Counter()
+        seen: set[tuple[str, str]] = set()
+        for metadata in snapshot.metadatas if snapshot is not None else []:
+            if access is not None and not matches(access, metadata):
+                continue
+            chunks += 1
+            key = (metadata.get("source") or "", metadata.get("file") or "")
+            if key not in seen:
+                seen.add(key)
+                documents[key[0]] += 1
+        current = snapshot.info.version if snapshot is not None else None
+        versions = []
+        try:
+            for version in self.index.committed_versions():
+                info = self.index.info(version)
+                versions.append(
+                    {
+                        "version": version,
+                        "created_at": info.created_at,
+                        "chunks_total": info.chunks_total,
+                        "files_total": info.files_total,
+                        "embedding_model": info.model_spec.name,
+                        "served": version == current,
+                    }
+                )
+        except Exception as exc:  # a version dropped while listing, an unreachable server: the rest still answers
+            log.warning("versions unreadable", extra={"fields": {"error": str(exc)[:200]}})
+        return {
+            "index_version": current,
+            "embedding_model": snapshot.info.model_spec.name if snapshot is not None else None,
+            "created_at": snapshot.info.created_at if snapshot is not None else None,
+            "chunks": chunks,
+            "documents": sum(documents.values()),
+            "sources": {name or "(unnamed)": count for name, count in sorted(documents.items())},
+            "versions": versions,
+            "last_ingest": last_ingest_summary(self.index),
+        }
+
     def retrieve(self, request: RetrievalRequest) -> tuple[list[RetrievedChunk], VersionInfo]:
         """The request's top chunks from the served version: dense and lexical candidates, fused,
         then optionally diversified. `request.access` (the caller's read filter) is ANDed with

@@ -76,6 +76,10 @@ class Stages(ABC):
         """The index's named sources this read filter can see (what GET /v1/models lists)."""
         return await guarded(self._call_sources(access))
 
+    async def index_status(self, access: dict[str, Any] | None) -> dict[str, Any]:
+        """The served version's holdings for this read filter (all with None), versions, last ingest."""
+        return await guarded(self._call_index_status(access))
+
     async def standalone(self, history: Sequence[Turn], question: str) -> Standalone:
         """The question to retrieve for: as it is when it stands alone (no call made), else rewritten
         from the history by the Generator (the LLM, or the deterministic rewrite without one)."""
@@ -115,6 +119,9 @@ class Stages(ABC):
 
     @abstractmethod
     async def _call_sources(self, access: dict[str, Any] | None) -> list[str]: ...
+
+    @abstractmethod
+    async def _call_index_status(self, access: dict[str, Any] | None) -> dict[str, Any]: ...
 
     @abstractmethod
     async def _call_condense(self, history: list[Turn], question: str) -> Standalone: ...

@@ -307,3 +307,54 @@ def submit_ingest_job(
         time.sleep(5)
     summaries = [json.loads(line) for line in process.stdout.splitlines() if line.startswith('{"index_version"')]
     return process, (summaries[-1] if summaries else {})
+
+
+UPLOAD_KEYS = {
+    "acme": {"tenant": "acme"},
+    "globex": {"tenant": "globex"},
+    "staff": {"tenant": "default"},  # reads the samples (tenant default)
+    "admin": {"tenant": "ops", "admin": True},
+}
+SECRET = {name: f"rag_docs_{name}_0123456789abcdef" for name in UPLOAD_KEYS}
+
+
+def bearer(name: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {SECRET[name]}"}
+
+
+@pytest.fixture(scope="session")
+def uploads_service(tmp_path_factory, samples_index_template, serve_http):
+    """(base URL, index dir) of the graph as configs/rag.yaml builds it, with API keys (UPLOAD_KEYS),
+    over a copy of the samples index, for the document API and the web page; uploads wait 1 s for
+    more before a run, replicas look for a new version every 0.5 s."""
+    import shutil
+
+    import ray
+    from ray import serve
+
+    from rag_core.settings import load_settings
+    from serve_app.app import build_graph
+    from serve_app.auth import hash_key
+    from serve_app.documents.actor import NAMESPACE, registry_actor_name
+
+    root = tmp_path_factory.mktemp("uploads-service")
+    shutil.copytree(samples_index_template.index_dir, root / "index", ignore=shutil.ignore_patterns("ingest.lock*"))
+    keys = [{"name": name, "sha256": hash_key(SECRET[name]), **spec} for name, spec in UPLOAD_KEYS.items()]
+    settings = load_settings(
+        REPO_ROOT / "configs/rag.yaml",
+        index_dir=root / "index",
+        auth={"keys": keys, "rate_limit_enabled": False},
+        retrieval={"reload_check_interval_s": 0.5},
+        documents={"batch_wait_s": 1.0, "poll_interval_s": 0.5},
+    )
+    serve.run(build_graph(settings), name="uploads", route_prefix="/uploads")
+    base = f"{serve_http}/uploads"
+    from tests.integration.test_serve_app import wait_for
+
+    wait_for(f"{base}/health")
+    yield base, root / "index"
+    serve.delete("uploads")
+    try:
+        ray.kill(ray.get_actor(registry_actor_name(settings), namespace=NAMESPACE))
+    except ValueError:
+        pass  # no document request reached this app

@@ -7,7 +7,6 @@ API in the single-process app, whose runs are child processes."""
 from __future__ import annotations
 
 import json
-import shutil
 import time
 from typing import Any
 
@@ -17,16 +16,9 @@ import pytest
 
 from rag_core.index_store import VersionedIndex
 from rag_core.manifest import doc_key
-from serve_app.auth import hash_key
 from tests.conftest import REPO_ROOT
-from tests.integration.test_serve_app import GAO_SUMMARY, wait_for
-
-KEYS = {"acme": {"tenant": "acme"}, "globex": {"tenant": "globex"}, "admin": {"tenant": "ops", "admin": True}}
-SECRET = {name: f"rag_docs_{name}_0123456789abcdef" for name in KEYS}
-
-
-def bearer(name: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {SECRET[name]}"}
+from tests.integration.conftest import SECRET, bearer
+from tests.integration.test_serve_app import GAO_SUMMARY
 
 
 def wait_for_job(base: str, key: str, job_id: str, states: tuple[str, ...] = ("succeeded", "failed"), timeout_s: float = 600) -> dict:
@@ -55,40 +47,8 @@ def wait_for_version(base: str, version: str, timeout_s: float = 60) -> None:
     pytest.fail(f"the graph did not move to {version} in {timeout_s} s")
 
 
-@pytest.fixture(scope="module")
-def documents_app(tmp_path_factory, samples_index_template, serve_http):
-    """(base URL, index dir) of the graph as configs/rag.yaml builds it, with three keys, over a copy
-    of the samples index; uploads wait 1 s for more before a run."""
-    import ray
-    from ray import serve
-
-    from rag_core.settings import load_settings
-    from serve_app.app import build_graph
-    from serve_app.documents.actor import NAMESPACE, registry_actor_name
-
-    root = tmp_path_factory.mktemp("documents")
-    shutil.copytree(samples_index_template.index_dir, root / "index", ignore=shutil.ignore_patterns("ingest.lock*"))
-    keys = [{"name": name, "sha256": hash_key(SECRET[name]), **spec} for name, spec in KEYS.items()]
-    settings = load_settings(
-        REPO_ROOT / "configs/rag.yaml",
-        index_dir=root / "index",
-        auth={"keys": keys, "rate_limit_enabled": False},
-        retrieval={"reload_check_interval_s": 0.5},
-        documents={"batch_wait_s": 1.0, "poll_interval_s": 0.5},
-    )
-    serve.run(build_graph(settings), name="documents", route_prefix="/documents")
-    base = f"{serve_http}/documents"
-    wait_for(f"{base}/health")
-    yield base, root / "index"
-    serve.delete("documents")
-    try:
-        ray.kill(ray.get_actor(registry_actor_name(settings), namespace=NAMESPACE))
-    except ValueError:
-        pass  # no document request reached this app
-
-
-def test_upload_watch_ask_with_a_follow_up_delete_and_it_is_gone(documents_app, pdf_dir) -> None:
-    base, index_dir = documents_app
+def test_upload_watch_ask_with_a_follow_up_delete_and_it_is_gone(uploads_service, pdf_dir) -> None:
+    base, index_dir = uploads_service
     pdf = (pdf_dir / GAO_SUMMARY).read_bytes()  # 1.2 MB: far over the JSON routes' 64 KiB limit
     upload = {"files": [("files", (GAO_SUMMARY, pdf, "application/pdf"))], "data": {"metadata": json.dumps({"kind": "report"})}}
     accepted = httpx.post(f"{base}/v1/documents", headers=bearer("acme"), timeout=60, **upload)
@@ -149,8 +109,8 @@ def test_upload_watch_ask_with_a_follow_up_delete_and_it_is_gone(documents_app, 
     assert all(key not in index.manifest(v).files for v in index.committed_versions())
 
 
-def test_a_burst_of_uploads_is_a_few_runs_and_uploads_during_a_run_wait_for_the_next(documents_app) -> None:
-    base, _ = documents_app
+def test_a_burst_of_uploads_is_a_few_runs_and_uploads_during_a_run_wait_for_the_next(uploads_service) -> None:
+    base, _ = uploads_service
 
     def upload(number: int) -> str:
         text = f"Globex field note {number}: the shelter for flock {number} is painted colour number {number * 7}.\n"
