@@ -187,19 +187,20 @@ def check_filename(name: str | None, extensions: Iterable[str]) -> str:
     return normal
 
 
-def _write_atomically(path: Path, data: bytes) -> None:
-    """A hidden temporary name (the scanner skips dot files), then a rename: never half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, temporary = tempfile.mkstemp(prefix=".upload.", dir=path.parent)
+def _write_hidden(target: Path, data: bytes) -> Path:
+    """`data` in a hidden temporary file beside `target` (the scanner skips dot files), synced to
+    disk; the caller renames it over `target`, so a reader never sees half a file."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, temporary = tempfile.mkstemp(prefix=".upload.", dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
+    except BaseException:
+        os.unlink(temporary)
+        raise
+    return Path(temporary)
 
 
 def _remove(path: Path) -> None:
@@ -264,7 +265,7 @@ class UploadRegistry:
         request_id = "ing_" + uuid.uuid4().hex[:24]
         now = time.time()
         with self._lock:
-            written: list[Path] = []
+            staged: list[tuple[Path, Path]] = []  # (temporary, final): renamed only once the rows are committed
             accepted: list[str] = []
             duplicates: list[str] = []
             try:
@@ -277,9 +278,8 @@ class UploadRegistry:
                         duplicates.append(doc)
                         continue
                     target = self.queue / access.tenant / name
-                    _write_atomically(target, upload.data)
-                    written.append(target)
-                    _write_atomically(target.with_name(name + SIDECAR_SUFFIX), sidecar.encode())
+                    staged.append((_write_hidden(target, upload.data), target))
+                    staged.append((_write_hidden(target, sidecar.encode()), target.with_name(name + SIDECAR_SUFFIX)))
                     self._db.execute(
                         "INSERT INTO documents (id, tenant, groups, name, sha256, size, sidecar, status, reason, request_id, "
                         "run_id, attempts, uploaded_by, uploaded_at, updated_at) VALUES (?,?,?,?,?,?,?,'pending',NULL,?,NULL,0,?,?,?) "
@@ -297,9 +297,11 @@ class UploadRegistry:
                 self._db.execute("COMMIT")
             except BaseException:
                 self._db.execute("ROLLBACK")
-                for path in written:  # nothing half-written: the rows are rolled back, the files go too
-                    _remove(path)
+                for temporary, _ in staged:  # nothing half-written: no row, no file, the earlier upload untouched
+                    temporary.unlink(missing_ok=True)
                 raise
+            for temporary, final in staged:
+                os.replace(temporary, final)
             if accepted:
                 self._last_change = time.monotonic()
             documents = [self._public(self._row(doc)) for doc in [*accepted, *duplicates]]
