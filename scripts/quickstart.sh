@@ -79,7 +79,8 @@ curl -s http://127.0.0.1:8000/v1/query -H 'content-type: application/json' \
   | python -c 'import json, sys; r = json.load(sys.stdin); print(r["answer"]); [print(" -", s["file"], s["location"]["kind"], s["page"]) for s in r["sources"]]'
 cat <<'EXAMPLE'
 
-The service answers on http://127.0.0.1:8000. Try:
+The service answers on http://127.0.0.1:8000. Open http://127.0.0.1:8000/ in a browser to ask,
+upload and manage documents, and see the index's status. Or try:
   curl -s http://127.0.0.1:8000/v1/query -H 'content-type: application/json' \
        -d '{"question": "How many vacation days do employees get?"}'
   curl -s http://127.0.0.1:8000/v1/retrieve -H 'content-type: application/json' -d '{"query": "hotel limit", "top_k": 3}'
