@@ -260,7 +260,9 @@ class UploadRegistry:
         names = [check_filename(upload.name, extensions) for upload in uploads]
         if len(set(names)) != len(names):
             raise UploadRejected(422, "the same file name twice in one upload")
-        sidecar = json.dumps({**metadata, "tenant": access.tenant, "groups": list(access.groups)}, sort_keys=True)
+        # The access goes in the sidecar, as a folder's owner would write it (no "groups": open to the tenant).
+        fields = {**metadata, "tenant": access.tenant, **({"groups": list(access.groups)} if access.groups else {})}
+        sidecar = json.dumps(fields, sort_keys=True)
         groups = json.dumps(list(access.groups))
         request_id = "ing_" + uuid.uuid4().hex[:24]
         now = time.time()

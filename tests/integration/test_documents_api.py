@@ -59,7 +59,7 @@ def test_upload_watch_ask_with_a_follow_up_delete_and_it_is_gone(uploads_service
     job = wait_for_job(base, "acme", job_id)
     assert job["status"] == "succeeded" and job["run_id"].startswith("rag-uploads-"), job
     version = job["summary"]["index_version"]
-    assert job["summary"]["files_indexed"] == 1 and job["summary"]["files_failed"] == []
+    assert job["summary"]["files_indexed"] == 1 and job["summary"]["files_failed"] == [], job
     listed = {d["id"]: d for d in httpx.get(f"{base}/v1/documents", headers=bearer("acme")).json()["documents"]}
     assert listed[doc["id"]]["status"] == "indexed" and listed[doc["id"]]["chunks"] > 0 and listed[doc["id"]]["index_version"] == version
     assert listed[doc["id"]]["metadata"] == {"kind": "report"}

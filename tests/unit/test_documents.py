@@ -12,8 +12,9 @@ import pytest
 import yaml
 from fastapi.testclient import TestClient
 
-from rag_core.access import Access
+from rag_core.access import Access, document_access
 from rag_core.settings import load_settings
+from rag_core.sidecar import validate_sidecar
 from serve_app.auth import hash_key
 from serve_app.documents.registry import (
     ProcessJobs,
@@ -99,7 +100,7 @@ def test_identical_bytes_are_a_duplicate_and_anything_else_replaces_the_document
     assert replaced["documents"][0]["id"] == doc and replaced["job_id"] not in (first["job_id"], relabelled["job_id"])
     assert staged_files(registry)["acme/plan.md"] == b"version two"
     sidecar = json.loads(staged_files(registry)["acme/plan.md.meta.json"])
-    assert sidecar == {"team": "finance", "tenant": "acme", "groups": []}
+    assert sidecar == {"team": "finance", "tenant": "acme"}
     assert [(d["id"], d["status"], d["job_id"]) for d in registry.documents(ACME, False)] == [(doc, "pending", replaced["job_id"])]
     job = registry.job(ACME, False, replaced["job_id"])
     assert job["status"] == "queued" and job["run_id"] is None and [d["id"] for d in job["documents"]] == [doc]
@@ -112,6 +113,14 @@ def test_an_upload_is_all_or_nothing(registry: UploadRegistry) -> None:
             registry.stage(ACME, files, {}, "k")
     assert set(staged_files(registry)) == {"acme/kept.md", "acme/kept.md.meta.json"}
     assert [d["name"] for d in registry.documents(ACME, False)] == ["kept.md"]
+
+
+def test_the_sidecars_written_for_uploads_are_ones_the_ingest_accepts(registry: UploadRegistry) -> None:
+    registry.stage(ACME, [Upload("open.md", b"open")], {"kind": "note", "tags": ["a", "b"]}, "k")
+    registry.stage(ACME_HR, [Upload("closed.md", b"closed")], {}, "hr-key")
+    for name, access in (("open.md", Access.of("acme")), ("closed.md", ACME_HR)):
+        sidecar = validate_sidecar(json.loads(staged_files(registry)[f"acme/{name}.meta.json"]))
+        assert document_access(f"acme/{name}", sidecar, [], "default") == access
 
 
 def test_group_documents_are_visible_to_their_groups_only(registry: UploadRegistry) -> None:
