@@ -358,3 +358,33 @@ def uploads_service(tmp_path_factory, samples_index_template, serve_http):
         ray.kill(ray.get_actor(registry_actor_name(settings), namespace=NAMESPACE))
     except ValueError:
         pass  # no document request reached this app
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory: pytest.TempPathFactory):
+    """(base_url, model name) of a running llama.cpp server (SmolLM2-135M-Instruct); fails, never
+    skips, when it cannot run."""
+    from tests.integration.llm_server import LLMServerError, start_llama_server, stop_llama_server
+
+    try:
+        server = start_llama_server(log_path=tmp_path_factory.mktemp("llama-server") / "server.log")
+    except LLMServerError as exc:
+        pytest.fail(f"cannot start the local OpenAI-compatible LLM server: {exc}", pytrace=False)
+    try:
+        yield server.base_url, server.model
+    finally:
+        stop_llama_server(server)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    """Debian's headless Chromium through Playwright (tests/browser.py)."""
+    from playwright.sync_api import sync_playwright
+
+    from tests.browser import chromium_executable
+
+    with sync_playwright() as playwright:
+        # --no-sandbox: CI runs as root, where Chromium's sandbox cannot start.
+        launched = playwright.chromium.launch(executable_path=chromium_executable(), args=["--no-sandbox"])
+        yield launched
+        launched.close()

@@ -372,19 +372,19 @@ async function loadDocuments() {
   const body = $("documents-table").querySelector("tbody");
   body.replaceChildren(
     ...documents.map((doc) => {
-      const status = el("td", { class: `status-${doc.status}`, text: doc.status });
+      const status = el("td", { class: `status-${doc.status}`, "data-label": "Status", text: doc.status });
       if (doc.reason) status.append(el("div", { class: "reason", text: doc.reason }));
       return el(
         "tr",
         { "data-document": doc.id },
-        el("td", { text: doc.tenant ? `${doc.name}` : doc.name }),
+        el("td", { "data-label": "Name", text: doc.name }),
         status,
-        el("td", { text: doc.chunks ?? "" }),
-        el("td", { text: doc.index_version ?? "" }),
-        el("td", { text: when(doc.uploaded_at) }),
+        el("td", { "data-label": "Chunks", text: doc.chunks ?? "" }),
+        el("td", { "data-label": "Index version", text: doc.index_version ?? "" }),
+        el("td", { "data-label": "Uploaded", text: when(doc.uploaded_at) }),
         el(
           "td",
-          {},
+          { "data-label": "" },
           el("button", {
             type: "button",
             class: "secondary",
@@ -531,11 +531,11 @@ async function loadStatus() {
         el(
           "tr",
           {},
-          el("td", { text: version.version }),
-          el("td", { text: when(version.created_at) }),
-          el("td", { text: version.embedding_model }),
-          el("td", { text: version.chunks_total ?? "not shown to tenant keys" }),
-          el("td", { text: version.served ? "served now" : "" }),
+          el("td", { "data-label": "Version", text: version.version }),
+          el("td", { "data-label": "Built", text: when(version.created_at) }),
+          el("td", { "data-label": "Model", text: version.embedding_model }),
+          el("td", { "data-label": "Chunks", text: version.chunks_total ?? "not shown to tenant keys" }),
+          el("td", { "data-label": "Served", text: version.served ? "served now" : "" }),
         ),
       ),
   );
