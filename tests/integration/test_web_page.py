@@ -56,6 +56,7 @@ def screenshots(page: Page, name: str) -> None:
     for width in WIDTHS:
         page.set_viewport_size({"width": width, "height": 900})
         page.screenshot(path=str(artifacts_dir() / f"{name}-{width}.png"), full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth") <= width, f"{name} scrolls sideways at {width} px"
     page.set_viewport_size({"width": 1440, "height": 900})
 
 
