@@ -114,7 +114,13 @@ def test_a_follow_up_question_is_answered_from_the_conversation(page: Page) -> N
 def test_upload_a_document_see_it_indexed_ask_about_it_then_delete_it(page: Page) -> None:
     sign_in(page, "acme")
     page.get_by_role("tab", name="Documents").click()
-    page.locator("#files").set_input_files(str(DOCS / ESSAY))
+    # Dropped on the drop zone, as a person drags it from a file manager.
+    dropped = page.evaluate_handle(
+        "([name, text]) => { const d = new DataTransfer(); d.items.add(new File([text], name, {type: 'text/html'})); return d; }",
+        [ESSAY, (DOCS / ESSAY).read_text()],
+    )
+    page.dispatch_event("#drop-zone", "drop", {"dataTransfer": dropped})
+    expect(page.locator("#chosen")).to_have_text(ESSAY)
     page.get_by_role("button", name="Upload").click()
     expect(page.locator("#upload-status")).to_contain_text("Uploaded 1 file")
     row = page.locator(f"tr:has-text('{ESSAY}')")
@@ -167,18 +173,20 @@ def test_a_wrong_key_shows_an_error_and_no_data(page: Page) -> None:
     expect(page.locator(".turn")).to_have_count(0)
 
 
-def test_a_tenant_key_never_shows_another_tenants_document(page: Page, uploads_service) -> None:
+def test_a_tenant_key_never_shows_another_tenants_document(page: Page, uploads_service, tmp_path) -> None:
     base, _ = uploads_service
     secret = "Globex keeps its emergency generator key in locker 42 of the east wing."
     accepted = httpx.post(f"{base}/v1/documents", headers=bearer("globex"), files=[("files", ("generator.md", secret))]).json()
     assert wait_for_job(base, "globex", accepted["job_id"])["status"] == "succeeded"
     markup = '<img src="x" onerror="window.__pwned = 1"> Acme badge printers are on floor <b>three</b>.'
-    accepted = httpx.post(f"{base}/v1/documents", headers=bearer("acme"), files=[("files", ("badges.md", markup))]).json()
-    assert wait_for_job(base, "acme", accepted["job_id"])["status"] == "succeeded"
+    (tmp_path / "badges.md").write_text(markup)
 
     sign_in(page, "acme")
     page.get_by_role("tab", name="Documents").click()
-    expect(page.locator("#documents-table")).to_contain_text("badges.md")
+    page.locator("#files").set_input_files(str(tmp_path / "badges.md"))  # picked with the file chooser
+    page.get_by_role("button", name="Upload").click()
+    row = page.locator("tr:has-text('badges.md')")
+    expect(row.locator("td").nth(1)).to_have_text("indexed", timeout=300_000)
     expect(page.locator("#documents-table")).not_to_contain_text("generator.md")
     page.get_by_role("tab", name="Ask").click()
     ask(page, "Where does Globex keep its emergency generator key?")
