@@ -11,12 +11,13 @@ import time
 from typing import Any
 
 import ray
-from ray.exceptions import RayTaskError
+from ray.exceptions import RayActorError, RayTaskError
 
 from rag_core.access import Access
 from rag_core.logs import configure_json_logging
 from rag_core.settings import RAGSettings
 from serve_app.documents.registry import RayJobs, UnknownId, Upload, UploadRegistry, UploadRejected, start_run_loop
+from serve_app.stages import ServiceUnavailable
 
 log = logging.getLogger("serve_app.documents")
 
@@ -32,10 +33,10 @@ class DocumentRegistryActor:
         self._stop = start_run_loop(self.registry)
 
     def configure(self, settings: RAGSettings) -> None:
-        self.registry.configure(settings)
+        self.registry.configure(settings, RayJobs(settings.documents.ray_dashboard))
 
-    def stage(self, access: Access, uploads: list[Upload], metadata: dict[str, Any], uploaded_by: str) -> dict[str, Any]:
-        return self.registry.stage(access, uploads, metadata, uploaded_by)
+    def stage(self, access: Access, uploads: list[Upload], metadata: dict[str, Any], uploaded_by: str, admin: bool) -> dict[str, Any]:
+        return self.registry.stage(access, uploads, metadata, uploaded_by, admin)
 
     def delete(self, access: Access, admin: bool, doc: str) -> dict[str, Any]:
         return self.registry.delete(access, admin, doc)
@@ -94,3 +95,7 @@ class ActorRegistry:
             if isinstance(exc.cause, UploadRejected | UnknownId):
                 raise exc.cause from None
             raise
+        except RayActorError as exc:
+            # Dead or restarting: ask for it again next time (by name; Ray restarts it from its disk state).
+            self._actor = None
+            raise ServiceUnavailable(f"the document registry is restarting, retry shortly ({type(exc).__name__})", 5) from None

@@ -3,7 +3,7 @@ service is `app.state.documents`; None (501) when `documents.enabled` is false."
 
 from __future__ import annotations
 
-from fastapi import APIRouter, File, Form, Path, Query, Request, Security, UploadFile
+from fastapi import APIRouter, Path, Query, Request, Security
 
 from serve_app.auth import Caller
 from serve_app.documents.protocol import DeletionAccepted, Document, DocumentList, IngestJob, UploadAccepted
@@ -29,23 +29,41 @@ def _documents(request: Request) -> DocumentService:
     return service
 
 
+# Declared rather than read by FastAPI: the body is parsed in the route, after the key was checked.
+_UPLOAD_BODY = {
+    "required": True,
+    "content": {
+        "multipart/form-data": {
+            "schema": {
+                "type": "object",
+                "required": ["files"],
+                "properties": {
+                    "files": {"type": "array", "items": {"type": "string", "format": "binary"}, "description": "One or more documents."},
+                    "metadata": {"type": "string", "description": "A JSON object stored on every chunk of these documents."},
+                    "tenant": {"type": "string", "description": "Admin keys only: the tenant the documents belong to."},
+                    "groups": {"type": "string", "description": "Comma-separated groups that may read them (default: the key's own)."},
+                },
+            }
+        }
+    },
+}
+
+
 @router.post(
     "/v1/documents",
     status_code=202,
     response_model=UploadAccepted,
-    responses={**_RESPONSES, 415: {"model": ErrorResponse, "description": "Unsupported file type"}},
+    responses={
+        **_RESPONSES,
+        409: {"model": ErrorResponse, "description": "The name is taken by a document this key cannot read"},
+        415: {"model": ErrorResponse, "description": "Unsupported file type"},
+    },
+    openapi_extra={"requestBody": _UPLOAD_BODY},
 )
-async def upload_documents(
-    request: Request,
-    files: list[UploadFile] = File(..., description="One or more documents (multipart)."),
-    metadata: str | None = Form(None, description="A JSON object stored on every chunk of these documents."),
-    tenant: str | None = Form(None, description="Admin keys only: the tenant the documents belong to."),
-    groups: str | None = Form(None, description="Comma-separated groups that may read them (default: the key's own)."),
-    caller: Caller = Security(authorize),
-) -> UploadAccepted:
+async def upload_documents(request: Request, caller: Caller = Security(authorize)) -> UploadAccepted:
     """Stage documents for indexing and return at once; an ingest job indexes them (uploads close
     together share one). Follow it at GET /v1/ingest/jobs/{job_id}."""
-    return await _documents(request).upload(files, caller, metadata, tenant, groups)
+    return await _documents(request).upload(request, caller)
 
 
 @router.get("/v1/documents", response_model=DocumentList, responses=_RESPONSES)

@@ -20,6 +20,7 @@ once the run has indexed it; the originals are kept no longer than that.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -34,7 +35,7 @@ import threading
 import time
 import unicodedata
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -83,6 +84,9 @@ class UploadRejected(ValueError):
     def __init__(self, status: int, message: str):
         super().__init__(message)
         self.status = status
+
+    def __reduce__(self) -> tuple[Any, tuple[int, str]]:  # raised in the actor, re-raised in the Ingress
+        return type(self), (self.status, str(self))
 
 
 class UnknownId(LookupError):
@@ -245,17 +249,37 @@ class UploadRegistry:
         self._db.executescript(_SCHEMA)
         self._last_change = 0.0
         self._retry_at = 0.0
+        self._follow_errors = 0
+        for leftover in self.queue.rglob(".upload.*"):  # an upload interrupted before its rename
+            leftover.unlink(missing_ok=True)
         self._manifest_cache: tuple[str | None, Manifest] = ("", Manifest())
 
-    def configure(self, settings: RAGSettings) -> None:
-        """Later settings of the same index (a redeploy): batching, limits, the job address."""
+    def configure(self, settings: RAGSettings, jobs: JobClient | None = None) -> None:
+        """Later settings of the same index (a redeploy): batching, limits, the store, the job client."""
         with self._lock:
             self.settings = settings
+            self.index = VersionedIndex.from_settings(settings)
+            if jobs is not None:
+                self.jobs = jobs
+
+    @contextlib.contextmanager
+    def _transaction(self) -> Iterator[None]:
+        """One SQLite transaction, rolled back on any error: a failed step never leaves one open."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     # -- requests from the Ingress -------------------------------------------------------------
-    def stage(self, access: Access, uploads: list[Upload], metadata: dict[str, Any], uploaded_by: str) -> dict[str, Any]:
-        """Stage uploads for the next run. Identical bytes and metadata of a pending or indexed
-        document change nothing; anything else replaces the document of that name. All or nothing."""
+    def stage(
+        self, access: Access, uploads: list[Upload], metadata: dict[str, Any], uploaded_by: str, admin: bool = False
+    ) -> dict[str, Any]:
+        """Stage uploads for the next run. Identical bytes and metadata of a pending document, or of
+        one the current version holds, change nothing; anything else replaces the document of that
+        name, unless the caller cannot read it (409). All or nothing."""
         extensions = self.settings.ingest.extensions
         names = [check_filename(upload.name, extensions) for upload in uploads]
         if len(set(names)) != len(names):
@@ -270,13 +294,16 @@ class UploadRegistry:
             staged: list[tuple[Path, Path]] = []  # (temporary, final): renamed only once the rows are committed
             accepted: list[str] = []
             duplicates: list[str] = []
+            current = self._current_manifest()[1]
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 for name, upload in zip(names, uploads):
                     doc = document_id(access.tenant, name)
                     sha = hashlib.sha256(upload.data).hexdigest()
                     row = self._row(doc)
-                    if row and row["status"] in ("pending", "indexed") and row["sha256"] == sha and row["sidecar"] == sidecar:
+                    if row is not None and not admin and not self._readable(row, access):
+                        raise UploadRejected(409, f"{name!r} is the name of a document in this tenant that this key cannot read")
+                    if row and row["sha256"] == sha and row["sidecar"] == sidecar and self._holds(row, current):
                         duplicates.append(doc)
                         continue
                     target = self.queue / access.tenant / name
@@ -287,7 +314,8 @@ class UploadRegistry:
                         "run_id, attempts, uploaded_by, uploaded_at, updated_at) VALUES (?,?,?,?,?,?,?,'pending',NULL,?,NULL,0,?,?,?) "
                         "ON CONFLICT(id) DO UPDATE SET groups=excluded.groups, sha256=excluded.sha256, size=excluded.size, "
                         "sidecar=excluded.sidecar, status='pending', reason=NULL, request_id=excluded.request_id, run_id=NULL, "
-                        "attempts=0, uploaded_by=excluded.uploaded_by, uploaded_at=excluded.uploaded_at, updated_at=excluded.updated_at",
+                        "attempts=0, uploaded_by=excluded.uploaded_by, uploaded_at=excluded.uploaded_at, updated_at=excluded.updated_at, "
+                        "indexed_version=NULL, deleted_version=NULL",
                         (doc, access.tenant, groups, name, sha, len(upload.data), sidecar, request_id, uploaded_by, now, now),
                     )
                     accepted.append(doc)
@@ -321,22 +349,19 @@ class UploadRegistry:
             now = time.time()
             if not in_index and row["run_id"] is None:
                 _remove(self.source / row["tenant"] / row["name"])  # left by a failed run
-                self._db.execute(
-                    "UPDATE documents SET status='deleted', reason=NULL, updated_at=? WHERE id=?",
-                    (now, doc),
-                )
+                with self._transaction():
+                    self._db.execute("UPDATE documents SET status='deleted', reason=NULL, updated_at=? WHERE id=?", (now, doc))
                 return self._public(self._row(doc))
             request_id = "ing_" + uuid.uuid4().hex[:24]
-            self._db.execute("BEGIN IMMEDIATE")
-            self._db.execute(
-                "UPDATE documents SET status='deleting', reason=NULL, request_id=?, run_id=NULL, attempts=0, updated_at=? WHERE id=?",
-                (request_id, now, doc),
-            )
-            self._db.execute(
-                "INSERT INTO requests (id, kind, tenant, documents, created_at) VALUES (?, 'delete', ?, ?, ?)",
-                (request_id, row["tenant"], json.dumps([doc]), now),
-            )
-            self._db.execute("COMMIT")
+            with self._transaction():
+                self._db.execute(
+                    "UPDATE documents SET status='deleting', reason=NULL, request_id=?, run_id=NULL, attempts=0, updated_at=? WHERE id=?",
+                    (request_id, now, doc),
+                )
+                self._db.execute(
+                    "INSERT INTO requests (id, kind, tenant, documents, created_at) VALUES (?, 'delete', ?, ?, ?)",
+                    (request_id, row["tenant"], json.dumps([doc]), now),
+                )
             self._last_change = time.monotonic()
             return self._public(self._row(doc))
 
@@ -357,18 +382,17 @@ class UploadRegistry:
         with self._lock:
             request = self._db.execute("SELECT * FROM requests WHERE id=?", (job,)).fetchone()
             if request is not None:
-                if not admin and request["tenant"] != access.tenant:
-                    raise UnknownId(job)
                 run = self._db.execute("SELECT * FROM runs WHERE id=?", (request["run_id"],)).fetchone() if request["run_id"] else None
-                documents = json.loads(request["documents"])
-                return self._job_view(job, request["kind"], run, documents, access, admin)
-            run = self._db.execute("SELECT * FROM runs WHERE id=?", (job,)).fetchone()
-            if run is None:
+                kind, documents = request["kind"], json.loads(request["documents"])
+            else:
+                run = self._db.execute("SELECT * FROM runs WHERE id=?", (job,)).fetchone()
+                if run is None:
+                    raise UnknownId(job)
+                kind, documents = "run", json.loads(run["documents"])
+            rows = [r for d in documents if (r := self._row(d)) is not None and (admin or self._readable(r, access))]
+            if not rows:  # another tenant's or group's request or run looks like none at all
                 raise UnknownId(job)
-            own = [d for d in json.loads(run["documents"]) if admin or self._tenant_of(d) == access.tenant]
-            if not own:
-                raise UnknownId(job)
-            return self._job_view(job, "run", run, own, access, admin)
+            return self._job_view(job, kind, run, rows, admin)
 
     def status(self) -> dict[str, Any]:
         with self._lock:
@@ -386,10 +410,14 @@ class UploadRegistry:
                 return
             if time.monotonic() < self._retry_at:
                 return
-            waiting = self._db.execute(
-                "SELECT count(*) FROM documents WHERE status IN ('pending', 'deleting') AND run_id IS NULL"
-            ).fetchone()[0]
-            if not waiting or time.monotonic() - self._last_change < self.settings.documents.batch_wait_s:
+            waiting, oldest = self._db.execute(
+                "SELECT count(*), min(updated_at) FROM documents WHERE status IN ('pending', 'deleting') AND run_id IS NULL"
+            ).fetchone()
+            if not waiting:
+                return
+            wait = self.settings.documents.batch_wait_s
+            # Quiet for batch_wait_s, or a steady trickle that never goes quiet: no upload waits for ever.
+            if time.monotonic() - self._last_change < wait and time.time() - oldest < max(10 * wait, 10.0):
                 return
             self._start_run()
 
@@ -399,37 +427,37 @@ class UploadRegistry:
         deletes: list[str] = []
         members: list[str] = []
         now = time.time()
-        self._db.execute("BEGIN IMMEDIATE")
-        for row in rows:
-            relative = f"{row['tenant']}/{row['name']}"
-            if row["status"] == "deleting":
-                deletes.append(relative)
-                _remove(self.source / relative)
-            else:
-                staged = self.queue / relative
-                if staged.exists():
-                    (self.source / row["tenant"]).mkdir(parents=True, exist_ok=True)
-                    os.replace(staged, self.source / relative)
-                    sidecar = staged.with_name(staged.name + SIDECAR_SUFFIX)
-                    if sidecar.exists():
-                        os.replace(sidecar, (self.source / relative).with_name(staged.name + SIDECAR_SUFFIX))
-                elif not (self.source / relative).exists():  # kept by a failed run, else lost
-                    self._db.execute(
-                        "UPDATE documents SET status='failed', reason='the staged file is missing; upload it again', updated_at=? "
-                        "WHERE id=?",
-                        (now, row["id"]),
-                    )
-                    continue
-            members.append(row["id"])
-            self._db.execute("UPDATE documents SET run_id=?, updated_at=? WHERE id=?", (run_id, now, row["id"]))
-            self._db.execute("UPDATE requests SET run_id=? WHERE id=?", (run_id, row["request_id"]))
+        with self._transaction():
+            for row in rows:
+                relative = f"{row['tenant']}/{row['name']}"
+                if row["status"] == "deleting":
+                    deletes.append(relative)
+                    _remove(self.source / relative)
+                else:
+                    staged = self.queue / relative
+                    if staged.exists():
+                        (self.source / row["tenant"]).mkdir(parents=True, exist_ok=True)
+                        os.replace(staged, self.source / relative)
+                        sidecar = staged.with_name(staged.name + SIDECAR_SUFFIX)
+                        if sidecar.exists():
+                            os.replace(sidecar, (self.source / relative).with_name(staged.name + SIDECAR_SUFFIX))
+                    elif not (self.source / relative).exists():  # kept by a failed run, else lost
+                        self._db.execute(
+                            "UPDATE documents SET status='failed', reason='the staged file is missing; upload it again', "
+                            "updated_at=? WHERE id=?",
+                            (now, row["id"]),
+                        )
+                        continue
+                members.append(row["id"])
+                self._db.execute("UPDATE documents SET run_id=?, updated_at=? WHERE id=?", (run_id, now, row["id"]))
+                self._db.execute("UPDATE requests SET run_id=? WHERE id=?", (run_id, row["request_id"]))
+            if members:
+                self._db.execute(
+                    "INSERT INTO runs (id, status, submitted_at, documents) VALUES (?, 'SUBMITTING', ?, ?)",
+                    (run_id, now, json.dumps(members)),
+                )
         if not members:
-            self._db.execute("COMMIT")
             return
-        self._db.execute(
-            "INSERT INTO runs (id, status, submitted_at, documents) VALUES (?, 'SUBMITTING', ?, ?)", (run_id, now, json.dumps(members))
-        )
-        self._db.execute("COMMIT")
         entrypoint, env_vars = self._entrypoint(run_id, deletes)
         try:
             self.jobs.submit(run_id, entrypoint, env_vars)
@@ -475,8 +503,15 @@ class UploadRegistry:
             return
         try:
             status, exit_code, message = self.jobs.info(run["id"])
+            self._follow_errors = 0
         except Exception as exc:
+            # The job server down for a moment, or the job unknown to it (a restarted cluster keeps no
+            # job records): after a minute of failures the run is given up and its documents retried.
+            self._follow_errors += 1
             log.warning("cannot read the ingest run's state", extra={"fields": {"run": run["id"], "error": str(exc)[:300]}})
+            if self._follow_errors * self.settings.documents.poll_interval_s >= 60:
+                self._follow_errors = 0
+                self._end_run(run["id"], "FAILED", None, f"the job's state could not be read: {exc}"[:500], retry=True)
             return
         if status != run["status"]:
             self._db.execute("UPDATE runs SET status=? WHERE id=?", (status, run["id"]))
@@ -497,36 +532,42 @@ class UploadRegistry:
     ) -> None:
         now = time.time()
         members = self._db.execute("SELECT * FROM documents WHERE run_id=?", (run_id,)).fetchall()
-        self._db.execute("BEGIN IMMEDIATE")
-        self._db.execute(
-            "UPDATE runs SET status=?, finished_at=?, summary=?, error=? WHERE id=?",
-            (status, now, json.dumps(summary) if summary is not None else None, error, run_id),
-        )
+        version = (summary or {}).get("index_version") if error is None else None
+        manifest = self.index.manifest(version) if version else Manifest()  # read before the transaction
+        with self._transaction():
+            self._db.execute(
+                "UPDATE runs SET status=?, finished_at=?, summary=?, error=? WHERE id=?",
+                (status, now, json.dumps(summary) if summary is not None else None, error, run_id),
+            )
+            if error is None:
+                self._settle(members, summary or {}, manifest, now)
+            else:
+                # The run failed as a whole: its documents wait for the next one (their files stay in
+                # source/), unless runs keep failing for them; the index lock being busy is no failure.
+                for row in members:
+                    attempts = row["attempts"] + (0 if locked else 1)
+                    if attempts >= MAX_RUN_ATTEMPTS:
+                        self._db.execute(
+                            "UPDATE documents SET status='failed', reason=?, run_id=NULL, attempts=?, updated_at=? WHERE id=?",
+                            (f"ingest run {run_id} failed: {error}"[:1000], attempts, now, row["id"]),
+                        )
+                    else:
+                        self._db.execute(
+                            "UPDATE documents SET run_id=NULL, attempts=?, updated_at=? WHERE id=?", (attempts, now, row["id"])
+                        )
+            self._forget_old_runs()
         if error is None:
-            self._settle(members, summary or {}, now)
             shutil.rmtree(self.source, ignore_errors=True)  # every file in it was read by this run
             self.source.mkdir(parents=True, exist_ok=True)
         else:
-            # The run failed as a whole: its documents wait for the next one (their files stay in
-            # source/), unless runs keep failing for them; the index lock being busy is no failure.
             for row in members:
-                attempts = row["attempts"] + (0 if locked else 1)
-                if attempts >= MAX_RUN_ATTEMPTS:
+                if row["attempts"] + (0 if locked else 1) >= MAX_RUN_ATTEMPTS:
                     _remove(self.source / row["tenant"] / row["name"])
-                    self._db.execute(
-                        "UPDATE documents SET status='failed', reason=?, run_id=NULL, attempts=?, updated_at=? WHERE id=?",
-                        (f"ingest run {run_id} failed: {error}"[:1000], attempts, now, row["id"]),
-                    )
-                else:
-                    self._db.execute("UPDATE documents SET run_id=NULL, attempts=?, updated_at=? WHERE id=?", (attempts, now, row["id"]))
             self._retry_at = time.monotonic() + self.settings.documents.retry_after_s
-        self._forget_old_runs()
-        self._db.execute("COMMIT")
         log.info("ingest run ended", extra={"fields": {"run": run_id, "status": status, "documents": len(members), "error": error}})
 
-    def _settle(self, members: list[sqlite3.Row], summary: dict[str, Any], now: float) -> None:
+    def _settle(self, members: list[sqlite3.Row], summary: dict[str, Any], manifest: Manifest, now: float) -> None:
         version = summary.get("index_version")
-        manifest = self.index.manifest(version) if version else Manifest()
         failures = {f.get("file"): f.get("reason", "") for f in summary.get("files_failed", []) if isinstance(f, dict)}
         for row in members:
             relative = f"{row['tenant']}/{row['name']}"
@@ -556,6 +597,7 @@ class UploadRegistry:
         ).fetchall()
         for (run_id,) in old:
             self._db.execute("DELETE FROM runs WHERE id=?", (run_id,))
+            self._db.execute("DELETE FROM requests WHERE run_id=?", (run_id,))
             for suffix in (".delete", ".log"):
                 (self.runs_dir / f"{run_id}{suffix}").unlink(missing_ok=True)
 
@@ -567,9 +609,12 @@ class UploadRegistry:
     def _row(self, doc: str) -> sqlite3.Row | None:
         return self._db.execute("SELECT * FROM documents WHERE id=?", (doc,)).fetchone()
 
-    def _tenant_of(self, doc: str) -> str | None:
-        row = self._row(doc)
-        return row["tenant"] if row else None
+    def _holds(self, row: sqlite3.Row, manifest: Manifest) -> bool:
+        """Waiting for a run, or in `manifest` with these bytes (so not after a rollback dropped it)."""
+        if row["status"] == "pending":
+            return True
+        entry = manifest.files.get(doc_key(self._source_name, f"{row['tenant']}/{row['name']}"))
+        return row["status"] == "indexed" and entry is not None and entry.sha256 == row["sha256"]
 
     @staticmethod
     def _readable(row: sqlite3.Row, access: Access) -> bool:
@@ -618,14 +663,20 @@ class UploadRegistry:
             "updated_at": row["updated_at"],
         }
 
-    def _job_view(self, job: str, kind: str, run: sqlite3.Row | None, documents: list[str], access: Access, admin: bool) -> dict[str, Any]:
+    def _job_view(self, job: str, kind: str, run: sqlite3.Row | None, rows: list[sqlite3.Row], admin: bool) -> dict[str, Any]:
         summary = json.loads(run["summary"]) if run is not None and run["summary"] else None
         if summary is not None and not admin:
-            # A run indexes every tenant's uploads: a caller sees the counts, and its own failures only.
-            prefix = f"{access.tenant}/"
-            summary = {k: v for k, v in summary.items() if k not in ("source", "sources")}
-            summary["files_failed"] = [f for f in summary.get("files_failed", []) if str(f.get("file", "")).startswith(prefix)]
-        rows = [r for d in documents if (r := self._row(d)) is not None]
+            # A run indexes every tenant's uploads. A key sees the whole summary of a run that held only
+            # documents it can read; of a shared run, the outcome and its own documents' failures, never
+            # other documents' names or counts.
+            own = {f"{r['tenant']}/{r['name']}" for r in rows}
+            if set(json.loads(run["documents"])) <= {r["id"] for r in rows}:
+                summary = {k: v for k, v in summary.items() if k not in ("source", "sources", "parse_nodes", "embed_nodes")}
+            else:
+                kept = ("index_version", "new_version_created", "versions_purged", "duration_s", "error")
+                summary = {k: summary[k] for k in kept if k in summary}
+            for key in ("files_failed", "files_incomplete"):
+                summary[key] = [f for f in summary.get(key, []) if f.get("file") in own]
         if run is None:
             state = "queued"
         else:

@@ -6,7 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from fastapi import UploadFile
+from fastapi import Request
+from starlette.datastructures import UploadFile as StarletteUploadFile
+from starlette.formparsers import MultiPartException
 
 from rag_core.access import Access, AccessError
 from rag_core.settings import RAGSettings
@@ -44,6 +46,8 @@ class DocumentService:
                 return caller.access
             if not caller.admin and not set(wanted_groups) <= set(caller.access.groups):
                 raise Forbidden("this API key may only give documents groups it belongs to")
+            if not caller.admin and not wanted_groups and caller.access.groups:
+                raise Forbidden("a document open to the whole tenant (no groups) needs an admin key")
             return Access.of(caller.access.tenant, wanted_groups)
         except AccessError as exc:
             raise ClientError(422, str(exc)) from None
@@ -60,31 +64,41 @@ class DocumentService:
                 raise ClientError(422, f"metadata: {key!r} is set by the API key (admins: the form field {key!r})")
         return value
 
-    async def upload(
-        self, files: list[UploadFile], caller: Caller, metadata: str | None, tenant: str | None, groups: str | None
-    ) -> UploadAccepted:
+    async def upload(self, request: Request, caller: Caller) -> UploadAccepted:
+        """The multipart body is read here, after the key and its rate limit were checked: a caller
+        without a valid key never gets a large body parsed."""
         limits = self.settings.documents
-        if not files:
-            raise ClientError(422, "no files: send them as the multipart field 'files'")
-        if len(files) > limits.max_files:
-            raise ClientError(413, f"{len(files)} files in one upload; at most {limits.max_files}")
-        access = self.upload_access(caller, tenant, groups)
-        fields = self.upload_metadata(metadata)
-        max_bytes = int(limits.max_file_mb * 2**20)
-        uploads = []
-        for file in files:
-            try:
-                name = check_filename(file.filename, self.settings.ingest.extensions)
-            except UploadRejected as exc:
-                raise ClientError(exc.status, str(exc)) from None
-            data = await file.read(max_bytes + 1)
-            if len(data) > max_bytes:
-                raise ClientError(413, f"{name!r} is over the {limits.max_file_mb:g} MB limit of a file")
-            if not data:
-                raise ClientError(422, f"{name!r} is empty")
-            uploads.append(Upload(name, data))
-        staged = await self._call("stage", access, uploads, fields, caller.name)
+        try:
+            async with request.form(max_files=limits.max_files, max_fields=8) as form:
+                files = form.getlist("files")
+                fields = {name: form.get(name) for name in ("metadata", "tenant", "groups")}
+                if not files:
+                    raise ClientError(422, "no files: send them as the multipart field 'files'")
+                if not all(isinstance(file, StarletteUploadFile) for file in files):
+                    raise ClientError(422, "'files' must be file parts (with a filename)")
+                if any(value is not None and not isinstance(value, str) for value in fields.values()):
+                    raise ClientError(422, "'metadata', 'tenant' and 'groups' must be text fields")
+                access = self.upload_access(caller, fields["tenant"], fields["groups"])
+                metadata = self.upload_metadata(fields["metadata"])
+                uploads = [await self._read(file) for file in files]
+        except MultiPartException as exc:
+            raise ClientError(422, f"invalid multipart body: {exc.message}") from None
+        staged = await self._call("stage", access, uploads, metadata, caller.name, caller.admin)
         return UploadAccepted.model_validate(staged)
+
+    async def _read(self, file: StarletteUploadFile) -> Upload:
+        limits = self.settings.documents
+        try:
+            name = check_filename(file.filename, self.settings.ingest.extensions)
+        except UploadRejected as exc:
+            raise ClientError(exc.status, str(exc)) from None
+        max_bytes = int(limits.max_file_mb * 2**20)
+        data = await file.read(max_bytes + 1)
+        if len(data) > max_bytes:
+            raise ClientError(413, f"{name!r} is over the {limits.max_file_mb:g} MB limit of a file")
+        if not data:
+            raise ClientError(422, f"{name!r} is empty")
+        return Upload(name, data)
 
     async def documents(self, caller: Caller, include_deleted: bool) -> DocumentList:
         found = await self._call("documents", caller.access, caller.admin, include_deleted)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 
 import pytest
 import yaml
@@ -124,10 +125,22 @@ def test_the_sidecars_written_for_uploads_are_ones_the_ingest_accepts(registry: 
 
 
 def test_group_documents_are_visible_to_their_groups_only(registry: UploadRegistry) -> None:
-    doc = registry.stage(ACME_HR, [Upload("salaries.md", b"bands")], {}, "hr-key")["documents"][0]
+    staged = registry.stage(ACME_HR, [Upload("salaries.md", b"bands")], {}, "hr-key")
+    doc = staged["documents"][0]
     assert registry.documents(ACME, False) == [] and [d["id"] for d in registry.documents(ACME_HR, False)] == [doc["id"]]
+    for lookup in (registry.delete, registry.document):
+        with pytest.raises(UnknownId):
+            lookup(ACME, False, doc["id"])
     with pytest.raises(UnknownId):
-        registry.delete(ACME, False, doc["id"])
+        registry.job(ACME, False, staged["job_id"])
+    with pytest.raises(UploadRejected) as refused:  # nor may it replace what it cannot read
+        registry.stage(ACME, [Upload("salaries.md", b"other bands")], {}, "staff-key")
+    assert refused.value.status == 409 and staged_files(registry)["acme/salaries.md"] == b"bands"
+
+
+def test_a_refusal_raised_in_the_registry_actor_reaches_the_ingress_with_its_status() -> None:
+    again = pickle.loads(pickle.dumps(UploadRejected(415, "unsupported file type .exe")))
+    assert (again.status, str(again)) == (415, "unsupported file type .exe")
 
 
 def test_a_document_deleted_before_its_run_is_gone_at_once(registry: UploadRegistry) -> None:
@@ -219,6 +232,7 @@ def post(client: TestClient, key: str, files: list[tuple[str, bytes]], **form: s
         ([("a.txt", b"x")], {"metadata": '{"acl_tenant": "globex"}'}, 422, "is reserved"),
         ([("a.txt", b"x")], {"tenant": "globex"}, 403, "only an admin key"),
         ([("a.txt", b"x")], {"groups": "hr"}, 403, "groups it belongs to"),
+        ([("a.txt", b"x")], {"groups": ""}, 403, "needs an admin key"),
         ([("a.txt", b"x")], {"tenant": "bad tenant!"}, 403, "only an admin key"),
     ],
 )

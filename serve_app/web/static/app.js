@@ -7,7 +7,8 @@ const KEY_STORAGE = "rag-api-key"; // session storage: gone when the tab closes
 const POLL_MS = 2000;
 
 const $ = (id) => document.getElementById(id);
-const state = { key: sessionStorage.getItem(KEY_STORAGE) || "", messages: [], authorized: false, polling: null };
+// `generation` changes with the key: a response that arrives for an earlier key is dropped.
+const state = { key: sessionStorage.getItem(KEY_STORAGE) || "", messages: [], authorized: false, polling: null, generation: 0 };
 
 function el(tag, props = {}, ...children) {
   const node = document.createElement(tag);
@@ -63,6 +64,8 @@ function showError(error) {
 
 // -- keys and who the caller is -----------------------------------------------------------------
 function clearData() {
+  state.generation += 1;
+  clearTimeout(state.polling);
   $("conversation").replaceChildren();
   $("documents-table").querySelector("tbody").replaceChildren();
   $("documents-table").hidden = true;
@@ -314,6 +317,7 @@ $("ask-form").addEventListener("submit", async (event) => {
   const turn = el("li", { class: "turn" }, el("p", { class: "question", text: question }), answer);
   $("conversation").append(turn);
   const messages = [...state.messages, { role: "user", content: question }];
+  const generation = state.generation;
   let text = "";
   try {
     const response = await fetch("v1/chat/completions", {
@@ -325,6 +329,7 @@ $("ask-form").addEventListener("submit", async (event) => {
     let sources = [];
     let rag = null;
     for await (const chunk of chatChunks(response)) {
+      if (generation !== state.generation) return; // the key changed: this answer belongs to the old one
       if (chunk.error) throw new ApiError(500, chunk.error.message || "the answer failed");
       const choice = (chunk.choices || [])[0];
       if (choice && choice.delta && choice.delta.content) {
@@ -368,7 +373,9 @@ $("new-conversation").addEventListener("click", () => {
 const when = (value) => (value ? new Date(value).toLocaleString() : "");
 
 async function loadDocuments() {
+  const generation = state.generation;
   const { documents } = await api("v1/documents");
+  if (generation !== state.generation) return;
   const body = $("documents-table").querySelector("tbody");
   body.replaceChildren(
     ...documents.map((doc) => {
@@ -504,7 +511,9 @@ function facts(list, entries) {
 }
 
 async function loadStatus() {
+  const generation = state.generation;
   const [index, health] = await Promise.all([api("v1/index"), api("health").catch((error) => ({ status: error.message }))]);
+  if (generation !== state.generation) return;
   const last = index.last_ingest;
   const lastResult = last && last.files ? Object.entries(last.files).map(([action, count]) => `${count} ${action}`).join(", ") : "";
   facts($("index-status"), [
