@@ -68,6 +68,9 @@ def test_upload_watch_ask_with_a_follow_up_delete_and_it_is_gone(uploads_service
 
     again = httpx.post(f"{base}/v1/documents", headers=bearer("acme"), timeout=60, **upload).json()
     assert again["duplicates"] == [doc["id"]] and again["job_id"] == job_id
+    # Refused by the registry actor on the head node: its 4xx crosses Ray intact, never a 500.
+    twice = httpx.post(f"{base}/v1/documents", headers=bearer("acme"), files=[("files", ("a.md", "one")), ("files", ("a.md", "two"))])
+    assert twice.status_code == 422 and "the same file name twice" in twice.json()["error"], twice.text
 
     wait_for_version(base, version)
     client = openai.OpenAI(base_url=f"{base}/v1", api_key=SECRET["acme"], timeout=60, max_retries=0)
