@@ -376,9 +376,10 @@ def llama_server(tmp_path_factory: pytest.TempPathFactory):
         stop_llama_server(server)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def browser():
-    """Debian's headless Chromium through Playwright (tests/browser.py)."""
+    """Debian's headless Chromium through Playwright (tests/browser.py). Per module: while it is
+    open, Playwright's sync API holds an event loop on this thread, where asyncio.run() then fails."""
     from playwright.sync_api import sync_playwright
 
     from tests.browser import chromium_executable
