@@ -35,12 +35,7 @@ def docs_index(tmp_path_factory, ray_cluster):
     if not (DOCS_DIR / "MANIFEST.tsv").is_file():
         pytest.fail(f"shared test data missing: {DOCS_DIR}")
     index_dir = tmp_path_factory.mktemp("docs-index") / "index"
-    # This module's subject is formats, locations and OCR, not the embedding: the ~7,900 chunks of all
-    # shared documents are embedded with onnx-int8, which ingests 1.6-1.8x faster on these cores
-    # than fp32 (benchmarks/results/embedding_backends.md), within 0.5 nDCG points; queries follow
-    # the index's recorded backend. Embedding took most of this fixture's 7 minutes.
-    env = {"RAG_INDEX_DIR": str(index_dir), "RAG_EMBEDDING_BACKEND": "onnx-int8"}
-    process, summary = submit_ingest_job(ray_cluster, str(DOCS_DIR), env)
+    process, summary = submit_ingest_job(ray_cluster, str(DOCS_DIR), {"RAG_INDEX_DIR": str(index_dir)})
     assert process.returncode == 0, process.stdout[-4000:] + process.stderr[-4000:]
     return index_dir, summary
 
