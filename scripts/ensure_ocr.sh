@@ -3,7 +3,6 @@
 # for page orientation) are installed, installing the missing ones with apt-get, so OCR tests never
 # skip and scanned pages are read. Does nothing when `tesseract --list-langs` already lists them all.
 set -euo pipefail
-PACKAGES=(tesseract-ocr)
 LANGS=(eng fra nld kor osd)
 installed=""
 if command -v tesseract >/dev/null; then
@@ -17,19 +16,7 @@ done
 if [ ${#missing[@]} -eq 0 ]; then
   exit 0
 fi
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null && sudo -n true 2>/dev/null; then
-    SUDO="sudo"
-  else
-    echo "ensure_ocr.sh: missing ${missing[*]}; installing needs root (run as root or with passwordless sudo):" >&2
-    echo "  apt-get update && apt-get install -y ${PACKAGES[*]} ${LANGS[*]/#/tesseract-ocr-}" >&2
-    exit 1
-  fi
-else
-  SUDO=""
-fi
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+bash "$(dirname "$0")/apt_install.sh" "${missing[@]}"
 for lang in "${LANGS[@]}"; do
   if ! tesseract --list-langs 2>/dev/null | tail -n +2 | grep -qx "$lang"; then
     echo "ensure_ocr.sh: installed ${missing[*]} but tesseract still does not list '$lang'" >&2

@@ -296,37 +296,35 @@ class UploadRegistry:
             duplicates: list[str] = []
             current = self._current_manifest()[1]
             try:
-                self._db.execute("BEGIN IMMEDIATE")
-                for name, upload in zip(names, uploads):
-                    doc = document_id(access.tenant, name)
-                    sha = hashlib.sha256(upload.data).hexdigest()
-                    row = self._row(doc)
-                    if row is not None and not admin and not self._readable(row, access):
-                        raise UploadRejected(409, f"{name!r} is the name of a document in this tenant that this key cannot read")
-                    if row and row["sha256"] == sha and row["sidecar"] == sidecar and self._holds(row, current):
-                        duplicates.append(doc)
-                        continue
-                    target = self.queue / access.tenant / name
-                    staged.append((_write_hidden(target, upload.data), target))
-                    staged.append((_write_hidden(target, sidecar.encode()), target.with_name(name + SIDECAR_SUFFIX)))
-                    self._db.execute(
-                        "INSERT INTO documents (id, tenant, groups, name, sha256, size, sidecar, status, reason, request_id, "
-                        "run_id, attempts, uploaded_by, uploaded_at, updated_at) VALUES (?,?,?,?,?,?,?,'pending',NULL,?,NULL,0,?,?,?) "
-                        "ON CONFLICT(id) DO UPDATE SET groups=excluded.groups, sha256=excluded.sha256, size=excluded.size, "
-                        "sidecar=excluded.sidecar, status='pending', reason=NULL, request_id=excluded.request_id, run_id=NULL, "
-                        "attempts=0, uploaded_by=excluded.uploaded_by, uploaded_at=excluded.uploaded_at, updated_at=excluded.updated_at, "
-                        "indexed_version=NULL, deleted_version=NULL",
-                        (doc, access.tenant, groups, name, sha, len(upload.data), sidecar, request_id, uploaded_by, now, now),
-                    )
-                    accepted.append(doc)
-                if accepted:
-                    self._db.execute(
-                        "INSERT INTO requests (id, kind, tenant, documents, created_at) VALUES (?, 'upload', ?, ?, ?)",
-                        (request_id, access.tenant, json.dumps(accepted), now),
-                    )
-                self._db.execute("COMMIT")
+                with self._transaction():
+                    for name, upload in zip(names, uploads):
+                        doc = document_id(access.tenant, name)
+                        sha = hashlib.sha256(upload.data).hexdigest()
+                        row = self._row(doc)
+                        if row is not None and not admin and not self._readable(row, access):
+                            raise UploadRejected(409, f"{name!r} is the name of a document in this tenant that this key cannot read")
+                        if row and row["sha256"] == sha and row["sidecar"] == sidecar and self._holds(row, current):
+                            duplicates.append(doc)
+                            continue
+                        target = self.queue / access.tenant / name
+                        staged.append((_write_hidden(target, upload.data), target))
+                        staged.append((_write_hidden(target, sidecar.encode()), target.with_name(name + SIDECAR_SUFFIX)))
+                        self._db.execute(
+                            "INSERT INTO documents (id, tenant, groups, name, sha256, size, sidecar, status, reason, request_id, "
+                            "run_id, attempts, uploaded_by, uploaded_at, updated_at) VALUES (?,?,?,?,?,?,?,'pending',NULL,?,NULL,0,?,?,?) "
+                            "ON CONFLICT(id) DO UPDATE SET groups=excluded.groups, sha256=excluded.sha256, size=excluded.size, "
+                            "sidecar=excluded.sidecar, status='pending', reason=NULL, request_id=excluded.request_id, run_id=NULL, "
+                            "attempts=0, uploaded_by=excluded.uploaded_by, uploaded_at=excluded.uploaded_at, "
+                            "updated_at=excluded.updated_at, indexed_version=NULL, deleted_version=NULL",
+                            (doc, access.tenant, groups, name, sha, len(upload.data), sidecar, request_id, uploaded_by, now, now),
+                        )
+                        accepted.append(doc)
+                    if accepted:
+                        self._db.execute(
+                            "INSERT INTO requests (id, kind, tenant, documents, created_at) VALUES (?, 'upload', ?, ?, ?)",
+                            (request_id, access.tenant, json.dumps(accepted), now),
+                        )
             except BaseException:
-                self._db.execute("ROLLBACK")
                 for temporary, _ in staged:  # nothing half-written: no row, no file, the earlier upload untouched
                     temporary.unlink(missing_ok=True)
                 raise
