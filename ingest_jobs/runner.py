@@ -38,7 +38,7 @@ from ingest_jobs.pipeline import (
 )
 from ingest_jobs.redaction import redactor_signature
 from rag_core.audit import default_actor, utc_now
-from rag_core.embedding import EmbeddingModel, EmbeddingModelSpec, same_vector_space
+from rag_core.embedding import EmbeddingModel, EmbeddingModelSpec, resolve_spec, same_vector_space
 from rag_core.index_store import MANIFEST_COLUMNS, VersionBuilder, VersionedIndex, VersionInfo, manifest_from_rows, read_parquet_version
 from rag_core.manifest import LEGACY_SOURCE, Manifest, ManifestDiff, ManifestEntry, diff_manifest, doc_key
 from rag_core.parsing import DocumentParseError
@@ -439,8 +439,7 @@ class IngestRun:
     def _run_locked(self, scan: ScanResult, started_at: str) -> tuple[IngestSummary, list[dict[str, str]]]:
         current = self.index.current_info()
         previous_manifest = self.index.manifest(current.version if current else None)
-        model = self._load_model()
-        spec = model.spec
+        spec = self._model_spec()
         rebuild_reason = self._full_rebuild_reason(current, spec)
         # This source's documents, by path; an index from before sources were named is adopted
         # (its entries become this source's) when this source is the folder it was built from.
@@ -522,7 +521,7 @@ class IngestRun:
             others = {key for key, entry in previous_manifest.files.items() if entry.source not in mine}
             others |= {doc_key(own[p].source, p) for p in absent_kept}
             # Other sources' files are not at hand: on a model change their stored chunk text is embedded again.
-            reembed = model if current is not None and not same_vector_space(current.model_spec, spec) else None
+            reembed = self._load_model() if current is not None and not same_vector_space(current.model_spec, spec) else None
             carried = self._carry_over(builder, current, keep | others, reembed)
             manifest = Manifest({**carried, **{doc_key(e.source, e.path): e for e in new_entries.values()}})
             info = builder.commit(manifest)
@@ -592,7 +591,13 @@ class IngestRun:
         diff = ManifestDiff(diff.added, sorted(diff.changed + list(stale)), [p for p in diff.unchanged if p not in stale], diff.deleted)
         return diff, dict(sorted(Counter(stale.values()).items()))
 
+    def _model_spec(self) -> EmbeddingModelSpec:
+        """The spec of the configured model, without loading it here: the actors embed."""
+        s = self.settings
+        return resolve_spec(s.embedding_model, s.embedding_query_instruction, s.hub_probe_timeout_s, backend=s.embedding_backend)
+
     def _load_model(self) -> EmbeddingModel:
+        """The model itself, in the driver: only to embed carried-over chunks again after a model change."""
         s = self.settings
         return EmbeddingModel.from_setting(
             s.embedding_model, "cpu", s.embedding_query_instruction, s.hub_probe_timeout_s, torch_threads=1, backend=s.embedding_backend

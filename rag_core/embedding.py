@@ -331,6 +331,116 @@ def _load_from_hub_id(model_id: str, device: str, probe_timeout_s: float) -> Any
         raise EmbeddingModelError(f"cannot load embedding model {model_id!r}: {exc}") from exc
 
 
+def resolve_spec(
+    model_setting: str, query_instruction: str = "auto", hub_probe_timeout_s: float = 3.0, backend: str = BACKEND_TORCH
+) -> EmbeddingModelSpec:
+    """The spec `EmbeddingModel.from_setting` gives, read from the model's files without loading
+    its weights: the ingest job's driver records the spec, and its embedding actors load the model
+    (which checks the dimension again). Loading it in the driver too cost about 7 s of every run.
+    Falls back to loading when the files do not say: a model not in the local cache (which a load
+    downloads), or a module layout whose output size is not written down."""
+    precision_of(backend)
+    if backend != BACKEND_TORCH:
+        _require_onnx(backend)
+    located = _locate_local(model_setting, hub_probe_timeout_s)
+    if located is not None:
+        folder, name, source = located
+        dimension = dimension_from_files(Path(folder))
+        if dimension is not None:
+            return EmbeddingModelSpec(name, source, dimension, query_prefix_for(name, query_instruction), backend=backend)
+    return EmbeddingModel.from_setting(model_setting, "cpu", query_instruction, hub_probe_timeout_s, torch_threads=1, backend=backend).spec
+
+
+def _require_onnx(backend: str) -> None:
+    import importlib.util
+
+    missing = [name for name in ("onnxruntime", "onnx") if importlib.util.find_spec(name) is None]
+    if missing and backend == BACKEND_ONNX_INT8:  # fp32 onnx falls back to torch; int8 cannot
+        raise EmbeddingModelError(f"embedding backend {backend!r} needs onnx, onnxscript and onnxruntime: {', '.join(missing)} missing")
+
+
+def _cached_snapshot(model_id: str) -> str | None:
+    """The local Hugging Face cache's folder of `model_id`, or None."""
+    from huggingface_hub import snapshot_download
+
+    try:
+        return snapshot_download(model_id, local_files_only=True)
+    except Exception:  # not cached (LocalEntryNotFoundError), or not a valid repo id
+        return None
+
+
+def _locate_local(setting: str, probe_timeout_s: float) -> tuple[str, str, str] | None:
+    """(folder, spec name, source) as `_load_by_setting` would choose them, when the weights are
+    on this machine; None when only a load can tell (a download, or an error to report)."""
+    if setting == "auto":
+        if (folder := _cached_snapshot(BGE_SMALL)) is not None:
+            return folder, BGE_SMALL, SOURCE_HUB
+        if hub_reachable(probe_timeout_s):
+            return None  # a load downloads it
+        log.warning("embedding model 'auto': %s is not available (offline, not cached); using the packaged %s", BGE_SMALL, PACKAGED_MINILM)
+        return packaged_minilm_path(), PACKAGED_MINILM, SOURCE_PACKAGE
+    if setting == PACKAGED_MINILM:
+        if (folder := _cached_snapshot(setting)) is not None:
+            return folder, setting, SOURCE_HUB
+        return packaged_minilm_path(), PACKAGED_MINILM, SOURCE_PACKAGE
+    path = Path(setting).expanduser()
+    if path.is_dir():
+        return str(path.resolve()), str(path.resolve()), SOURCE_PATH
+    if path.exists() or setting.startswith(("/", "./", "../", "~")):
+        return None  # the load reports what is wrong with it
+    folder = _cached_snapshot(setting)
+    return (folder, setting, SOURCE_HUB) if folder is not None else None
+
+
+# sentence-transformers modules that pass the vector's size through unchanged.
+_SIZE_PRESERVING_MODULES = ("Transformer", "Normalize")
+
+
+def dimension_from_files(folder: Path) -> int | None:
+    """The size of the vectors a sentence-transformers folder produces, from its modules.json and
+    the Pooling and Dense modules' configs; None when they do not say."""
+    import json
+
+    try:
+        modules = json.loads((folder / "modules.json").read_text())
+        settings = json.loads((folder / "config_sentence_transformers.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if settings.get("truncate_dim") is not None:
+        return None
+    dimension = None
+    for module in modules:
+        kind = str(module.get("type", "")).rsplit(".", 1)[-1]
+        if kind in _SIZE_PRESERVING_MODULES:
+            continue
+        try:
+            config = json.loads((folder / module.get("path", "") / "config.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if kind == "Pooling":
+            dimension = _pooled_size(config)
+        elif kind == "Dense":
+            dimension = int(config["out_features"]) if "out_features" in config else None
+        else:
+            return None  # a module this reader does not know may change the size
+        if dimension is None:
+            return None
+    return dimension
+
+
+def _pooled_size(config: dict[str, Any]) -> int | None:
+    """A Pooling module's output size: the token size times the modes concatenated. Older configs
+    say `word_embedding_dimension` and `pooling_mode_*: true`; sentence-transformers 6 writes
+    `embedding_dimension` and `pooling_mode` (a name or a list of names)."""
+    if "word_embedding_dimension" in config:
+        modes = sum(1 for key, on in config.items() if key.startswith("pooling_mode_") and on is True)
+        return int(config["word_embedding_dimension"]) * max(1, modes)
+    if "embedding_dimension" in config:
+        mode = config.get("pooling_mode", "mean")
+        return int(config["embedding_dimension"]) * (len(mode) if isinstance(mode, list) else 1)
+    return None
+
+
 def load_for_spec(
     spec: EmbeddingModelSpec, device: str = "auto", torch_threads: int | None = None, backend: str | None = None
 ) -> EmbeddingModel:

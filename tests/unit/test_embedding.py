@@ -32,6 +32,7 @@ from rag_core.embedding import (
     load_for_spec,
     packaged_minilm_path,
     query_prefix_for,
+    resolve_spec,
     same_vector_space,
 )
 from rag_core.embedding_onnx import ensure_exported, weights_fingerprint
@@ -120,6 +121,34 @@ def test_local_model_folder_is_recorded_as_a_path_spec(model: EmbeddingModel) ->
     assert by_path.spec.name == str(Path(folder).resolve())
     assert by_path.spec.dimension == 384
     np.testing.assert_allclose(by_path.embed_documents(TEXTS), model.embed_documents(TEXTS), atol=1e-5)
+
+
+def test_the_spec_is_read_from_the_model_files_as_loading_would_give_it(model: EmbeddingModel, monkeypatch) -> None:
+    """The ingest driver records the spec without loading the weights (its actors load them)."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert resolve_spec("auto") == model.spec == PACKAGED_SPEC
+    assert resolve_spec("auto", backend=BACKEND_ONNX_INT8) == replace(PACKAGED_SPEC, backend=BACKEND_ONNX_INT8)
+    folder = packaged_minilm_path()
+    assert resolve_spec(folder, query_instruction="query: ") == EmbeddingModel.from_setting(folder, "cpu", query_instruction="query: ").spec
+    loads = []
+    monkeypatch.setattr(embedding, "_load_sentence_transformer", lambda *args, **kwargs: loads.append(args))
+    resolve_spec("auto")
+    resolve_spec(folder)
+    assert loads == []  # no weights loaded
+
+
+def test_a_dense_head_sets_the_dimension_and_a_folder_it_cannot_read_falls_back_to_loading(tmp_path: Path) -> None:
+    from sentence_transformers import SentenceTransformer, models
+
+    base = SentenceTransformer(packaged_minilm_path(), device="cpu")
+    dense = models.Dense(384, 128, activation_function=torch.nn.Tanh())
+    SentenceTransformer(modules=[base[0], base[1], dense], device="cpu").save(str(tmp_path / "dense"))
+    folder = str(tmp_path / "dense")
+    assert resolve_spec(folder).dimension == 128 == EmbeddingModel.from_setting(folder, "cpu").spec.dimension
+    with pytest.raises(EmbeddingModelError, match="cannot load"):
+        resolve_spec(str(tmp_path))  # no modules.json: the load says what is wrong
+    with pytest.raises(EmbeddingModelError, match="does not exist"):
+        resolve_spec("./no-such-model")
 
 
 def test_load_for_spec_with_a_wrong_dimension_raises() -> None:
