@@ -112,10 +112,28 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     except Exception as exc:
         log.exception("ingest run failed; the previous index version stays current")
-        _emit({"error": f"{type(exc).__name__}: {exc}", "index_version": current()})
+        error = f"{type(exc).__name__}: {exc}"
+        if disk_full(exc):
+            error = f"the index disk is full ({settings.index_dir}): free space or move index_dir, then run again; {error}"
+        _emit({"error": error, "index_version": current()})
         return EXIT_FAILED
     _emit(summary.to_dict())
     return EXIT_OK
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether the run failed for want of disk space: ENOSPC or EFBIG anywhere in the chain, or
+    SQLite's (Chroma's) own report of it."""
+    import errno
+
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EFBIG):
+            return True
+        if "disk is full" in str(seen) or "No space left on device" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 if __name__ == "__main__":

@@ -429,10 +429,16 @@ class VersionBuilder:
         return info
 
     def abort(self) -> None:
+        """Drop the half-built version. Every step is tried even when one fails: on a full disk
+        the Parquet writer's close fails too, and the version's files must still go."""
+        steps = [lambda: self.index.backend.release(self._client), lambda: self.index.discard(self.version)]
         if self._parquet_writer is not None:
-            self._parquet_writer.close()
-        self.index.backend.release(self._client)
-        self.index.discard(self.version)
+            steps.insert(0, self._parquet_writer.close)
+        for step in steps:
+            try:
+                step()
+            except Exception as exc:
+                log.warning("cleanup of an aborted version failed", extra={"fields": {"version": self.version, "error": str(exc)[:300]}})
 
 
 class VersionedIndex:
