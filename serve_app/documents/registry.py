@@ -461,7 +461,7 @@ class UploadRegistry:
             self.jobs.submit(run_id, entrypoint, env_vars)
         except Exception as exc:  # the job server is down or refuses: the documents wait for a retry
             log.warning("ingest run not submitted", extra={"fields": {"run": run_id, "error": str(exc)[:300]}})
-            self._end_run(run_id, "FAILED", None, f"not submitted: {exc}"[:500], retry=True)
+            self._end_run(run_id, "FAILED", None, f"not submitted: {exc}"[:500], retry=True, refused=True)
             return
         self._db.execute("UPDATE runs SET status='PENDING' WHERE id=?", (run_id,))
         log.info("ingest run submitted", extra={"fields": {"run": run_id, "documents": len(members), "deletes": len(deletes)}})
@@ -523,11 +523,13 @@ class UploadRegistry:
             self._end_run(run["id"], status, summary, None, retry=False)
             return
         error = (summary or {}).get("error") or message or f"job {status.lower()}"
-        self._end_run(run["id"], status, summary, str(error)[:1000], retry=True, locked=exit_code == EXIT_LOCKED)
+        self._end_run(run["id"], status, summary, str(error)[:1000], retry=True, refused=exit_code == EXIT_LOCKED)
 
     def _end_run(
-        self, run_id: str, status: str, summary: dict[str, Any] | None, error: str | None, retry: bool, locked: bool = False
+        self, run_id: str, status: str, summary: dict[str, Any] | None, error: str | None, retry: bool, refused: bool = False
     ) -> None:
+        """`refused`: the run never ran (the job server unreachable, the index lock busy), which
+        counts as no attempt: uploads wait out any outage of the job API, never failed by it."""
         now = time.time()
         members = self._db.execute("SELECT * FROM documents WHERE run_id=?", (run_id,)).fetchall()
         version = (summary or {}).get("index_version") if error is None else None
@@ -541,9 +543,9 @@ class UploadRegistry:
                 self._settle(members, summary or {}, manifest, now)
             else:
                 # The run failed as a whole: its documents wait for the next one (their files stay in
-                # source/), unless runs keep failing for them; the index lock being busy is no failure.
+                # source/), unless runs keep failing for them; a refused run is no failure.
                 for row in members:
-                    attempts = row["attempts"] + (0 if locked else 1)
+                    attempts = row["attempts"] + (0 if refused else 1)
                     if attempts >= MAX_RUN_ATTEMPTS:
                         self._db.execute(
                             "UPDATE documents SET status='failed', reason=?, run_id=NULL, attempts=?, updated_at=? WHERE id=?",
@@ -559,7 +561,7 @@ class UploadRegistry:
             self.source.mkdir(parents=True, exist_ok=True)
         else:
             for row in members:
-                if row["attempts"] + (0 if locked else 1) >= MAX_RUN_ATTEMPTS:
+                if row["attempts"] + (0 if refused else 1) >= MAX_RUN_ATTEMPTS:
                     _remove(self.source / row["tenant"] / row["name"])
             self._retry_at = time.monotonic() + self.settings.documents.retry_after_s
         log.info("ingest run ended", extra={"fields": {"run": run_id, "status": status, "documents": len(members), "error": error}})
