@@ -225,6 +225,12 @@ class RerankSettings(BaseModel):
 class GeneratorSettings(BaseModel):
     timeout_s: float = Field(30.0, gt=0, description="Budget for the whole LLM call, retries included.")
     max_retries: int = Field(1, ge=0, le=5)
+    circuit_failures: int = Field(
+        3, ge=1, le=100, description="Failed LLM calls in a row that open the circuit: answers then degrade at once, without a call."
+    )
+    circuit_open_s: float = Field(
+        30.0, gt=0, le=300, description="Seconds the circuit stays open before one probe call (longer if the endpoint's Retry-After asks)."
+    )
     max_tokens: int = Field(384, ge=1)
     temperature: float = Field(0.1, ge=0, le=2)
     context_passages: int = Field(5, ge=1, le=20)
@@ -243,6 +249,9 @@ class APISettings(BaseModel):
         0.0, ge=0, description="@serve.batch wait for more queries; 0: a batch is whatever queued while the model ran."
     )
     embed_max_batch_size: int = Field(16, ge=1)
+    replica_wait_s: float = Field(
+        3.0, gt=0, le=60, description="After a stage lost a replica: how long a call waits for another one before 503 + Retry-After."
+    )
     log_questions: bool = Field(False, description="Put question text in logs.")
 
 

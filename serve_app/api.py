@@ -27,6 +27,7 @@ from serve_app.schemas import (
     CachePurgeResponse,
     ErrorResponse,
     HealthResponse,
+    LivenessResponse,
     QueryRequest,
     QueryResponse,
     RetrieveRequest,
@@ -285,7 +286,14 @@ def create_app(echo_request_id: bool = True) -> FastAPI:
 
     @app.get("/health", response_model=HealthResponse, responses={503: {"model": HealthResponse}})
     async def health(request: Request) -> Any:
+        """Readiness: every stage asked for its status; 503 when the service cannot answer."""
         report = await request.app.state.service.health()
         return JSONResponse(report.model_dump(), status_code=503 if report.status == "unhealthy" else 200)
+
+    @app.get("/health/live", response_model=LivenessResponse)
+    async def live() -> LivenessResponse:
+        """Liveness: this process answers, from the Ingress alone. A busy or degraded service is
+        alive, so an orchestrator probing this never restarts it for being loaded."""
+        return LivenessResponse(status="alive")
 
     return app

@@ -31,12 +31,15 @@ from serve_app.reranking import Reranker
 from serve_app.retrieval import HybridRetriever
 from serve_app.retrieval_request import RetrievalRequest
 from serve_app.service import QueryService
-from serve_app.stages import Stages
+from serve_app.stages import REPLICA_RETRY_AFTER_S, REPLICA_WAIT_S, ServiceUnavailable, Stages
 
 log = logging.getLogger("serve_app.deployments")
 
 SMALL = {"num_cpus": 0.25}
 AUTOSCALE = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4}
+# Serve notices a dead replica at its next health check (10 s by default): every 2 s here, so a
+# killed replica is replaced sooner while its callers get 503 + Retry-After (README, Reliability).
+HEALTH_CHECK_PERIOD_S = 2.0
 
 
 def _torch_threads(settings: RAGSettings) -> int:
@@ -45,7 +48,12 @@ def _torch_threads(settings: RAGSettings) -> int:
 
 
 @serve.deployment(
-    name="Embedder", ray_actor_options={"num_cpus": 0.5}, autoscaling_config=AUTOSCALE, max_ongoing_requests=32, max_queued_requests=256
+    name="Embedder",
+    ray_actor_options={"num_cpus": 0.5},
+    autoscaling_config=AUTOSCALE,
+    max_ongoing_requests=32,
+    max_queued_requests=256,
+    health_check_period_s=HEALTH_CHECK_PERIOD_S,
 )
 class EmbedderDeployment:
     def __init__(self, settings: RAGSettings):
@@ -72,7 +80,14 @@ class EmbedderDeployment:
         return {**self.embedder.status(), "startup_s": self.startup_s}
 
 
-@serve.deployment(name="Retriever", ray_actor_options=SMALL, autoscaling_config=AUTOSCALE, max_ongoing_requests=32, max_queued_requests=256)
+@serve.deployment(
+    name="Retriever",
+    ray_actor_options=SMALL,
+    autoscaling_config=AUTOSCALE,
+    max_ongoing_requests=32,
+    max_queued_requests=256,
+    health_check_period_s=HEALTH_CHECK_PERIOD_S,
+)
 class RetrieverDeployment:
     def __init__(self, settings: RAGSettings):
         started = time.monotonic()
@@ -105,7 +120,14 @@ class RetrieverDeployment:
         return {**self.retriever.status(), "startup_s": self.startup_s}
 
 
-@serve.deployment(name="Reranker", ray_actor_options=SMALL, autoscaling_config=AUTOSCALE, max_ongoing_requests=16, max_queued_requests=128)
+@serve.deployment(
+    name="Reranker",
+    ray_actor_options=SMALL,
+    autoscaling_config=AUTOSCALE,
+    max_ongoing_requests=16,
+    max_queued_requests=128,
+    health_check_period_s=HEALTH_CHECK_PERIOD_S,
+)
 class RerankerDeployment:
     def __init__(self, settings: RAGSettings):
         started = time.monotonic()
@@ -125,7 +147,14 @@ class RerankerDeployment:
         return {**self.reranker.status(), "startup_s": self.startup_s}
 
 
-@serve.deployment(name="Generator", ray_actor_options=SMALL, autoscaling_config=AUTOSCALE, max_ongoing_requests=16, max_queued_requests=128)
+@serve.deployment(
+    name="Generator",
+    ray_actor_options=SMALL,
+    autoscaling_config=AUTOSCALE,
+    max_ongoing_requests=16,
+    max_queued_requests=128,
+    health_check_period_s=HEALTH_CHECK_PERIOD_S,
+)
 class GeneratorDeployment:
     def __init__(self, settings: RAGSettings):
         started = time.monotonic()
@@ -149,26 +178,57 @@ class GeneratorDeployment:
 class ServeStages(Stages):
     """The stages reached through DeploymentHandles."""
 
-    def __init__(self, embedder: Any, retriever: Any, reranker: Any, generator: Any, local_answers: AnswerGenerator | None = None):
+    def __init__(
+        self,
+        embedder: Any,
+        retriever: Any,
+        reranker: Any,
+        generator: Any,
+        local_answers: AnswerGenerator | None = None,
+        replica_wait_s: float = REPLICA_WAIT_S,
+        generator_wait_s: float = 30.0,
+    ):
         """`local_answers`: when no LLM is configured, answers are extractive, about a millisecond
         of work against several for a replica hop (README, Serving latency), so the Ingress makes
         them itself; the Generator deployment carries LLM calls."""
+        super().__init__(replica_wait_s)
         self.handles = {"embedder": embedder, "retriever": retriever, "reranker": reranker, "generator": generator}
         self.local_answers = local_answers
+        self.generator_wait_s = generator_wait_s
+
+    async def _result(self, stage: str, response: Any) -> Any:
+        """`await response`, with its wait for a replica bounded. Serve's router waits without
+        end while a deployment has no replica (one killed, its replacement starting): a fast
+        stage's call that no replica takes within `replica_wait_s` is a 503 with Retry-After, and
+        the request is withdrawn. The Generator's wait is its LLM budget (answers queue there).
+        The work itself, once a replica has the request, is not bounded here."""
+        assign = getattr(response, "_fetch_future_result_async", None)
+        if assign is None:  # another Ray: no bound, as before
+            return await response
+        wait_s = self.generator_wait_s if stage == "generator" else self.replica_wait_s
+        try:
+            replica_result = await asyncio.wait_for(assign(), wait_s)
+        except TimeoutError:
+            response.cancel()
+            raise ServiceUnavailable(
+                f"no {stage} replica took the request within {wait_s:g} s (one is being replaced, or all are busy); retry shortly",
+                REPLICA_RETRY_AFTER_S,
+            ) from None
+        return await replica_result.get_async()
 
     async def _call_embed(self, text: str) -> tuple[list[float], str]:
-        return await self.handles["embedder"].embed.remote(text)
+        return await self._result("embedder", self.handles["embedder"].embed.remote(text))
 
     async def _call_retrieve(self, request: RetrievalRequest) -> tuple[list[RetrievedChunk], str]:
-        return await self.handles["retriever"].retrieve.remote(request)
+        return await self._result("retriever", self.handles["retriever"].retrieve.remote(request))
 
     async def _call_rerank(self, query: str, chunks: list[RetrievedChunk], top_k: int) -> tuple[list[RetrievedChunk], str]:
-        return await self.handles["reranker"].rerank.remote((query, chunks, top_k))
+        return await self._result("reranker", self.handles["reranker"].rerank.remote((query, chunks, top_k)))
 
     async def _call_answer(self, question: str, chunks: list[RetrievedChunk]) -> Answer:
         if self.local_answers is not None:
             return self.local_answers.answer(question, chunks)
-        return await self.handles["generator"].answer.remote(question, chunks)
+        return await self._result("generator", self.handles["generator"].answer.remote(question, chunks))
 
     async def _call_answer_stream(self, question: str, chunks: list[RetrievedChunk]) -> AsyncIterator[dict[str, Any]]:
         if self.local_answers is not None:
@@ -179,21 +239,28 @@ class ServeStages(Stages):
             yield event
 
     async def _call_sources(self, access: dict[str, Any] | None) -> list[str]:
-        return await self.handles["retriever"].sources.remote(access)
+        return await self._result("retriever", self.handles["retriever"].sources.remote(access))
 
     async def _call_index_status(self, access: dict[str, Any] | None) -> dict[str, Any]:
-        return await self.handles["retriever"].index_status.remote(access)
+        return await self._result("retriever", self.handles["retriever"].index_status.remote(access))
 
     async def _call_condense(self, history: list[Turn], question: str) -> Standalone:
         if self.local_answers is not None:  # no LLM: the deterministic rewrite, a fraction of a millisecond
             return self.local_answers.condense(history, question)
-        return await self.handles["generator"].condense.remote(history, question)
+        return await self._result("generator", self.handles["generator"].condense.remote(history, question))
 
     async def _call_status(self, stage: str) -> dict[str, Any]:
         return await self.handles[stage].status.remote()
 
 
-@serve.deployment(name="Ingress", ray_actor_options=SMALL, autoscaling_config=AUTOSCALE, max_ongoing_requests=64, max_queued_requests=512)
+@serve.deployment(
+    name="Ingress",
+    ray_actor_options=SMALL,
+    autoscaling_config=AUTOSCALE,
+    max_ongoing_requests=64,
+    max_queued_requests=512,
+    health_check_period_s=HEALTH_CHECK_PERIOD_S,
+)
 @serve.ingress()  # the app is built in each replica, after __init__, by __serve_build_asgi_app__
 class Ingress:
     def __init__(self, embedder: Any, retriever: Any, reranker: Any, generator: Any, settings: RAGSettings):
@@ -201,7 +268,9 @@ class Ingress:
         self.settings = settings
         redis = redis_from_settings(settings)  # one pool per replica: cache and rate limits
         local_answers = None if settings.llm_base_url else AnswerGenerator.from_settings(settings)
-        stages = ServeStages(embedder, retriever, reranker, generator, local_answers)
+        stages = ServeStages(
+            embedder, retriever, reranker, generator, local_answers, settings.api.replica_wait_s, settings.generator.timeout_s
+        )
         self.service = QueryService.from_settings(stages, settings, redis, RayQueryMetrics())
         self.rate_limiter = RateLimiter(redis, settings.auth.rate_limit_prefix)
         self.documents = DocumentService(ActorRegistry(settings), settings) if settings.documents.enabled else None

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rag_core.index_reader import RetrievedChunk
+from serve_app.circuit_breaker import CircuitBreaker
 from serve_app.conversation import (
     REWRITE_LLM,
     REWRITE_RULES,
@@ -125,69 +126,138 @@ class LLMUnavailable(RuntimeError):
     """The OpenAI-compatible endpoint failed, timed out or answered nothing."""
 
 
+CIRCUIT_OPEN = "circuit open"
+
+
+def llm_event(error: str | None) -> str:
+    """The `rag_llm_events_total` event for a degraded answer's error."""
+    if error and error.startswith(CIRCUIT_OPEN):
+        return "circuit_open"
+    return "timeout" if error and "Timeout" in error else "error"
+
+
 class OpenAIChatGenerator:
-    """Any OpenAI-compatible chat endpoint through the `openai` package."""
+    """Any OpenAI-compatible chat endpoint through the `openai` package, behind a circuit breaker.
+
+    Retries are made here, not by the client: the client waits out a Retry-After of up to a minute,
+    past the call's budget. Here a retry happens only if it fits in `timeout_s`; a longer
+    Retry-After opens the circuit for that long, and answers degrade at once until then."""
 
     def __init__(
-        self, base_url: str, model: str, api_key: str | None, timeout_s: float, max_retries: int, max_tokens: int, temperature: float
+        self,
+        base_url: str,
+        model: str,
+        api_key: str | None,
+        timeout_s: float,
+        max_retries: int,
+        max_tokens: int,
+        temperature: float,
+        breaker: CircuitBreaker | None = None,
     ):
         import openai
 
         self.model = model
         self.timeout_s = timeout_s
+        self.max_retries = max_retries
         self.max_tokens = max_tokens
         self.temperature = temperature
-        # Split the budget across attempts so retries never exceed timeout_s in total.
+        self.breaker = breaker or CircuitBreaker(failure_threshold=3, open_s=30.0)
+        # Each attempt gets its share of the budget; for a stream it bounds every read, so an
+        # endpoint that stops mid-answer is given up after that long.
         self._client = openai.OpenAI(
-            base_url=base_url, api_key=api_key or "not-needed", timeout=timeout_s / (max_retries + 1), max_retries=max_retries
+            base_url=base_url, api_key=api_key or "not-needed", timeout=timeout_s / (max_retries + 1), max_retries=0
         )
 
     @property
     def name(self) -> str:
         return f"openai:{self.model}"
 
+    def _request(self, **kwargs: Any) -> Any:
+        """One chat completion (or the start of a stream) through the breaker, retried while the
+        budget lasts; raises LLMUnavailable. The caller records the outcome of a stream."""
+        import openai
+
+        if not self.breaker.allow():
+            raise LLMUnavailable(f"{CIRCUIT_OPEN}: the LLM endpoint keeps failing; next probe in {self.breaker.retry_in_s():.0f} s")
+        deadline = time.monotonic() + self.timeout_s
+        for attempt in range(self.max_retries + 1):
+            retry_after: float | None = None
+            try:
+                return self._client.chat.completions.create(model=self.model, **kwargs)
+            except openai.APIStatusError as exc:
+                retry_after = retry_after_seconds(exc.response.headers)
+                error, retryable = f"{type(exc).__name__}: HTTP {exc.status_code}", exc.status_code in RETRYABLE_STATUS
+            except (openai.APIConnectionError, openai.APITimeoutError) as exc:  # APITimeoutError is a connection error
+                error, retryable = f"{type(exc).__name__}: {exc}", True
+            except Exception as exc:  # an unreadable reply
+                error, retryable = f"{type(exc).__name__}: {exc}", False
+            wait = retry_after if retry_after is not None else min(0.25 * 2**attempt, 2.0)
+            if not retryable or attempt == self.max_retries or time.monotonic() + wait >= deadline:
+                self.breaker.record_failure(retry_after)
+                if retry_after is not None:
+                    error += f" (retry after {retry_after:.0f} s)"
+                raise LLMUnavailable(error)
+            time.sleep(wait)
+        raise AssertionError("unreachable")
+
     def complete(self, question: str, passages: Sequence[RetrievedChunk]) -> str:
-        try:
-            response = self._client.chat.completions.create(
-                model=self.model, messages=build_messages(question, passages), max_tokens=self.max_tokens, temperature=self.temperature
-            )
-        except Exception as exc:
-            raise LLMUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        response = self._request(messages=build_messages(question, passages), max_tokens=self.max_tokens, temperature=self.temperature)
         text = (response.choices[0].message.content or "").strip() if response.choices else ""
         if not text:
+            self.breaker.record_failure()
             raise LLMUnavailable("empty completion")
+        self.breaker.record_success()
         return text
 
     def condense(self, history: Sequence[Turn], question: str) -> str | None:
         """The follow-up `question` made standalone from `history` by the LLM; None when the LLM
         fails or its reply is not usable as a question (the caller then rewrites deterministically)."""
         try:
-            response = self._client.chat.completions.create(
-                model=self.model, messages=condense_messages(history, question), max_tokens=CONDENSE_MAX_TOKENS, temperature=0.0
-            )
-        except Exception as exc:
-            log.warning(
-                "LLM rewrite of a follow-up failed",
-                extra={"fields": {"generator": self.name, "error": f"{type(exc).__name__}: {exc}"[:300]}},
-            )
+            response = self._request(messages=condense_messages(history, question), max_tokens=CONDENSE_MAX_TOKENS, temperature=0.0)
+        except LLMUnavailable as exc:
+            log.warning("LLM rewrite of a follow-up failed", extra={"fields": {"generator": self.name, "error": str(exc)[:300]}})
             return None
+        self.breaker.record_success()
         text = (response.choices[0].message.content or "") if response.choices else ""
         return parse_condensed(text, question, MAX_CONDENSED_CHARS)
 
     def stream(self, question: str, passages: Sequence[RetrievedChunk]) -> Iterator[str]:
+        stream = self._request(
+            messages=build_messages(question, passages), max_tokens=self.max_tokens, temperature=self.temperature, stream=True
+        )
         try:
-            stream = self._client.chat.completions.create(
-                model=self.model,
-                messages=build_messages(question, passages),
-                max_tokens=self.max_tokens,
-                temperature=self.temperature,
-                stream=True,
-            )
             for event in stream:
                 if event.choices and event.choices[0].delta and event.choices[0].delta.content:
                     yield event.choices[0].delta.content
-        except Exception as exc:
+        except Exception as exc:  # the endpoint failed or stalled mid-answer
+            self.breaker.record_failure()
             raise LLMUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            stream.close()
+        self.breaker.record_success()
+
+
+# 408 timeout, 409 conflict, 429 rate limit, 5xx: worth another attempt (as the openai client does).
+RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+
+
+def retry_after_seconds(headers: Any) -> float | None:
+    """The pause an endpoint asks for: `retry-after-ms`, or `retry-after` in seconds or as an HTTP date."""
+    from email.utils import parsedate_to_datetime
+
+    if headers is None:
+        return None
+    try:
+        if (value := headers.get("retry-after-ms")) is not None:
+            return max(0.0, float(value) / 1000)
+        if (value := headers.get("retry-after")) is None:
+            return None
+        try:
+            return max(0.0, float(value))
+        except ValueError:
+            return max(0.0, parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
 
 
 class AnswerGenerator:
@@ -214,6 +284,7 @@ class AnswerGenerator:
                 g.max_retries,
                 g.max_tokens,
                 g.temperature,
+                CircuitBreaker(g.circuit_failures, g.circuit_open_s),
             )
         return cls(llm, ExtractiveAnswerer(g.extractive_sentences, settings.retrieval.bm25_stemmer), g.context_passages)
 
@@ -222,7 +293,10 @@ class AnswerGenerator:
         return self.llm.name if self.llm else "extractive"
 
     def status(self) -> dict[str, Any]:
-        return {"name": self.name, "last_error": self.last_llm_error}
+        status: dict[str, Any] = {"name": self.name, "last_error": self.last_llm_error}
+        if self.llm is not None:
+            status["circuit"] = self.llm.breaker.status()
+        return status
 
     def condense(self, history: Sequence[Turn], question: str) -> Standalone:
         """A follow-up made standalone: by the LLM when one is configured and answers usably, else

@@ -35,6 +35,7 @@ class LocalStages(Stages):
     """The stages as in-process components (each call on a worker thread)."""
 
     def __init__(self, settings: RAGSettings, torch_threads: int | None = None):
+        super().__init__()
         index = VersionedIndex.from_settings(settings)
         self.embedder = QueryEmbedder(
             index, settings.embedding_device, torch_threads, settings.retrieval.reload_check_interval_s, settings.embedding_backend

@@ -17,7 +17,7 @@ class QueryMetrics(Protocol):
     def request(self, route: str, status: int) -> None: ...
     def stage_seconds(self, stage: str, seconds: float) -> None: ...
     def cache(self, outcome: str) -> None: ...  # exact | semantic | miss
-    def llm(self, event: str) -> None: ...  # timeout | error | degraded
+    def llm(self, event: str) -> None: ...  # timeout | error | circuit_open | degraded
     def load_shed(self, reason: str) -> None: ...
     def top_score(self, score: float) -> None: ...
     def faithfulness(self, share: float) -> None: ...
@@ -63,7 +63,9 @@ class RayQueryMetrics:
             "rag_cache_lookups_total", description="Answer cache lookups by outcome: exact, semantic (hits) or miss.", tag_keys=("outcome",)
         )
         self._llm = Counter(
-            "rag_llm_events_total", description="LLM timeouts, errors and degraded (extractive fallback) answers.", tag_keys=("event",)
+            "rag_llm_events_total",
+            description="LLM timeouts, errors, calls refused while the circuit is open (circuit_open), degraded (extractive) answers.",
+            tag_keys=("event",),
         )
         self._shed = Counter(
             "rag_load_shed_total", description="Requests refused with 503 because a stage was overloaded.", tag_keys=("reason",)

@@ -9,12 +9,13 @@ the version they started with and none are dropped.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import threading
 import time
 from collections import Counter, OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from typing import Any
@@ -84,6 +85,7 @@ class IndexSnapshot:
     texts: list[str]
     metadatas: list[dict[str, Any]]
     positions: dict[str, int]  # chunk id -> row
+    readers: int = 0  # retrievals using this snapshot's client now (HybridRetriever._readers_lock)
 
     @property
     def chunk_count(self) -> int:
@@ -174,6 +176,7 @@ class HybridRetriever:
         self._snapshot: IndexSnapshot | None = None
         self._retired: IndexSnapshot | None = None
         self._reload_lock = threading.Lock()
+        self._readers_lock = threading.Lock()  # the swap, and taking or returning a snapshot
         self._mask_cache: OrderedDict[str, np.ndarray | None] = OrderedDict()
         self.last_error: str | None = None
 
@@ -203,10 +206,12 @@ class HybridRetriever:
                 self.last_error = f"cannot load index version {current}: {exc}"
                 log.error("index load failed", extra={"fields": {"version": current, "error": str(exc)}})
                 return False
-            # The snapshot replaced now may still serve requests in flight; it is closed at the next swap.
-            if self._retired is not None:
-                self.index.backend.release(self._retired.client)
-            self._retired, self._snapshot = self._snapshot, snapshot
+            # The snapshot replaced now may still serve requests in flight: it is closed once the
+            # last of them is done (release_retired), or at the next swap at the latest.
+            with self._readers_lock:
+                stale, self._retired, self._snapshot = self._retired, self._snapshot, snapshot
+            if stale is not None:
+                self.index.backend.release(stale.client)
             self._mask_cache.clear()
             self.last_error = None
             log.info(
@@ -222,6 +227,31 @@ class HybridRetriever:
         lexical = LexicalIndex(texts, self.settings.bm25_k1, self.settings.bm25_b, self.settings.bm25_stemmer)
         positions = {chunk_id: i for i, chunk_id in enumerate(chunk_ids)}
         return IndexSnapshot(info, client, collection, lexical, chunk_ids, texts, metadatas, positions)
+
+    def release_retired(self) -> bool:
+        """Close the replaced snapshot's store client once no retrieval uses it, so a served
+        index holds one version's files open, not two, between swaps."""
+        with self._readers_lock:
+            retired = self._retired
+            if retired is None or retired.readers:
+                return False
+            self._retired = None
+        self.index.backend.release(retired.client)
+        return True
+
+    @contextlib.contextmanager
+    def _reading(self) -> Iterator[IndexSnapshot | None]:
+        """The served snapshot, counted as in use until the block ends."""
+        with self._readers_lock:
+            snapshot = self._snapshot
+            if snapshot is not None:
+                snapshot.readers += 1
+        try:
+            yield snapshot
+        finally:
+            if snapshot is not None:
+                with self._readers_lock:
+                    snapshot.readers -= 1
 
     def sources(self, access: dict[str, Any] | None = None) -> list[str]:
         """The named sources with at least one chunk this read filter admits (sources never leak
@@ -279,7 +309,10 @@ class HybridRetriever:
         """The request's top chunks from the served version: dense and lexical candidates, fused,
         then optionally diversified. `request.access` (the caller's read filter) is ANDed with
         `request.where`, so a client filter can only narrow what the caller may read."""
-        snapshot = self._snapshot
+        with self._reading() as snapshot:
+            return self._retrieve(snapshot, request)
+
+    def _retrieve(self, snapshot: IndexSnapshot | None, request: RetrievalRequest) -> tuple[list[RetrievedChunk], VersionInfo]:
         if snapshot is None or snapshot.chunk_count == 0:
             raise IndexUnavailable(self.last_error or "the index is empty")
         if request.model is not None and request.model != snapshot.info.model_spec.name:
@@ -287,12 +320,28 @@ class HybridRetriever:
         where = combine(request.access, request.where)
         mask = self._mask(snapshot, where)
         fetch_k = max(self.settings.fetch_k, request.top_k, self.settings.mmr_fetch_k if request.mmr else 0)
-        dense = self._dense(snapshot, request, where if mask is not None else None, fetch_k) if request.mode != "lexical" else []
+        with self._vector_store_errors():
+            dense = self._dense(snapshot, request, where if mask is not None else None, fetch_k) if request.mode != "lexical" else []
         lexical = self._lexical(snapshot, request.query, mask, fetch_k) if request.mode != "dense" else []
         ranked = self._fuse(request.mode, dense, lexical)
         if request.mmr and ranked and request.vector is not None:
-            ranked = self._diversify(snapshot, request, ranked)
+            with self._vector_store_errors():
+                ranked = self._diversify(snapshot, request, ranked)
         return [snapshot.chunk(snapshot.positions[cid], score) for cid, score in ranked[: request.top_k]], snapshot.info
+
+    @contextlib.contextmanager
+    def _vector_store_errors(self) -> Iterator[None]:
+        """A Chroma server that is down or restarting fails the call at once; that is a 503 with
+        Retry-After (IndexUnavailable), and the next call after it is back succeeds with the same
+        client: no reload, no redeploy. The embedded store raises only errors of the request."""
+        try:
+            yield
+        except (ValueError, TypeError, FilterError):
+            raise
+        except Exception as exc:
+            if self.index.catalog is None:
+                raise
+            raise IndexUnavailable(f"the vector store did not answer ({type(exc).__name__})") from None
 
     def _dense(
         self, snapshot: IndexSnapshot, request: RetrievalRequest, where: dict[str, Any] | None, fetch_k: int
@@ -362,6 +411,7 @@ class HybridRetriever:
             while True:
                 time.sleep(interval_s)
                 self.maybe_reload()
+                self.release_retired()
                 if after_check is not None:
                     after_check()
 

@@ -111,6 +111,10 @@ class RetrieveResponse(BaseModel):
     mode: Literal["dense", "lexical", "hybrid"]
 
 
+class LivenessResponse(BaseModel):
+    status: Literal["alive"]
+
+
 class HealthResponse(BaseModel):
     status: Literal["healthy", "degraded", "unhealthy"]
     reasons: list[str] = Field(default_factory=list, description="Why the status is not healthy.")

@@ -21,7 +21,7 @@ from rag_core.index_reader import RetrievedChunk
 from rag_core.index_store import VersionedIndex
 from serve_app.cache import AnswerCache, CacheHit, CacheScope, CacheUnavailable, pipeline_identity
 from serve_app.faithfulness import answer_sentences, supported_share
-from serve_app.generation import ABSTAIN_ANSWER, MODE_DEGRADED, MODE_GENERATIVE, Answer
+from serve_app.generation import ABSTAIN_ANSWER, MODE_DEGRADED, MODE_GENERATIVE, Answer, llm_event
 from serve_app.metrics import NullMetrics, QueryMetrics
 from serve_app.redis_conn import FailFastRedis
 from serve_app.retrieval_request import RetrievalRequest
@@ -314,7 +314,7 @@ class QueryService:
         """LLM events now; the faithfulness estimate after the response, off the request path."""
         if answer.mode == MODE_DEGRADED:
             self.metrics.llm("degraded")
-            self.metrics.llm("timeout" if answer.error and "Timeout" in answer.error else "error")
+            self.metrics.llm(llm_event(answer.error))
         if answer.mode == MODE_GENERATIVE and answer.text != ABSTAIN_ANSWER and self.settings.observability.faithfulness and got.chunks:
             task = asyncio.create_task(self._estimate_faithfulness(answer.text, [c.text for c in got.chunks]))
             self._background.add(task)  # keep a reference until it is done

@@ -448,6 +448,30 @@ def test_a_new_version_is_swapped_in_while_the_old_snapshot_keeps_answering(mode
     assert in_flight.chunk_ids[in_flight.lexical.top("kitchen cleaned", k=1)[0][0]] == "office/kitchen.txt#0"
 
 
+def test_the_replaced_version_is_closed_once_its_last_retrieval_is_done(model: EmbeddingModel, tmp_path: Path) -> None:
+    """Between swaps a served index holds one version's files open, not two (the soak's flat file
+    descriptors): the replaced snapshot is closed as soon as no retrieval uses it."""
+    import os
+
+    index = VersionedIndex(tmp_path / "index")
+    build_version(index, model, CORPUS)
+    retriever = HybridRetriever(index, RetrievalSettings())
+    retriever.maybe_reload()
+    one_version_open = len(os.listdir("/proc/self/fd"))
+    with retriever._reading() as in_flight:  # a retrieval that started before the swap
+        build_version(index, model, CORPUS_V2)
+        assert retriever.maybe_reload() is True
+        assert retriever.release_retired() is False  # still in use: kept open
+        old = in_flight.collection.query(query_embeddings=[query_vector(model, "password length")], n_results=1, include=["distances"])
+        assert old["ids"][0] == ["it/security-faq.txt#0"]
+    assert retriever.release_retired() is True
+    assert retriever.release_retired() is False  # nothing left to close
+    assert len(os.listdir("/proc/self/fd")) <= one_version_open + 2
+    request = RetrievalRequest.resolve(retriever.settings, query="coffee machine descaled", top_k=1, mode="lexical")
+    chunks, info = retriever.retrieve(request)
+    assert info.version == "v000002" and chunks[0].chunk_id == "office/coffee.txt#0"
+
+
 def test_filter_masks_of_an_old_snapshot_never_apply_to_the_new_one(model: EmbeddingModel, tmp_path: Path) -> None:
     index = VersionedIndex(tmp_path / "index")
     build_version(index, model, CORPUS)
