@@ -210,3 +210,94 @@ def test_a_new_version_reaches_replicas_on_every_node(multinode, corpus, served)
         assert time.monotonic() < deadline, answers
         time.sleep(2)
     assert all(a["sources"][0]["file"] == "kestrel.txt" for a in answers)
+
+
+# Last in this module on purpose: it takes a worker node away for good.
+MORE_PDFS = [
+    "unstructured__multi-column.pdf",
+    "unstructured__fr_olap.pdf",
+    "pypdf-samples__GeoTopo-komprimiert.pdf",
+    "unstructured__layout-parser-paper-with-table.pdf",
+    "docling__redp5110_sampled.pdf",
+    "docling__amt_handbook_sample.pdf",
+]
+
+
+def test_a_worker_node_lost_mid_ingest_leaves_the_index_intact_and_a_rerun_completes(multinode, corpus, pdf_dir, served):
+    """A worker node stops (its raylet and workers SIGKILLed) while the job parses and embeds.
+    The job finishes on the remaining node or fails with a clear error; either way no partial
+    version is ever current, and a rerun completes."""
+    import os
+    import signal
+    import subprocess
+    import threading
+
+    from rag_core.index_store import VersionedIndex
+    from tests.fault_harness import ARTIFACTS
+    from tests.local_cluster import VENV_BIN, ray_env
+
+    index = VersionedIndex(multinode.base / "reader", multinode.chroma.url)
+    before = index.current_version()
+    for name in MORE_PDFS:
+        shutil.copy(pdf_dir / name, corpus / name)
+    env_vars = {
+        "RAG_CONFIG": str(REPO_ROOT / "configs" / "rag.yaml"),
+        "RAG_CHROMA_URL": multinode.chroma.url,
+        "RAG_INDEX_DIR": str(multinode.base / "head-index"),
+        "RAG_INGEST__PROGRESS_INTERVAL_S": "0.5",
+    }
+    command = [str(VENV_BIN / "ray"), "job", "submit", "--address", multinode.ray.dashboard_url]
+    command += ["--runtime-env-json", json.dumps({"env_vars": env_vars}), "--", "python", "-m", "ingest_jobs.index"]
+    started = time.monotonic()
+    job = subprocess.Popen([*command, "--source", str(corpus)], env=ray_env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    lines: list[str] = []
+    working = threading.Event()
+
+    def watch() -> None:
+        for line in job.stdout:
+            lines.append(line)
+            if '"pipeline resources"' in line:  # the Dataset is about to run its parse and embed work
+                working.set()
+
+    reader = threading.Thread(target=watch, daemon=True)
+    reader.start()
+    assert working.wait(timeout=300), "".join(lines[-40:])
+    time.sleep(5)  # parse tasks and embedding actors at work on both worker nodes
+    lost_node = multinode.ray.processes[-1]  # worker-1's `ray start --block`, leader of its process group
+    killed_at = time.monotonic() - started
+    os.killpg(lost_node.pid, signal.SIGKILL)
+    lost_node.wait(timeout=30)
+    returncode = job.wait(timeout=900)
+    reader.join(timeout=30)
+    job_s = time.monotonic() - started
+    output = "".join(lines)
+    summary = ingest_summary(subprocess.CompletedProcess(command, returncode, output, ""))
+
+    current = index.current_version()
+    if returncode == 0:  # finished on the remaining node
+        assert summary and current == summary["index_version"] != before
+    else:  # failed with its reason, the previous version still served
+        assert current == before, output[-3000:]
+        assert "Error" in output or "error" in output, output[-3000:]
+    info = index.info(current)
+    ids, _, _ = index.chunk_rows(current)
+    assert len(set(ids)) == info.chunks_total  # whichever version is current is whole
+
+    rerun_started = time.monotonic()
+    rerun = multinode.submit_ingest(corpus)
+    rerun_s = time.monotonic() - rerun_started
+    names = {p.name for p in corpus.iterdir()}
+    assert rerun["files_indexed"] + rerun["files_unchanged"] + len(rerun["files_failed"]) == len(names)
+    assert index.current_version() == rerun["index_version"] or not rerun["new_version_created"]
+    figures = {
+        "fault": "worker node SIGKILLed mid-ingest (2 of 3 nodes left: head + 1 worker)",
+        "killed_after_s": round(killed_at, 1),
+        "job_returncode": returncode,
+        "job_s": round(job_s, 1),
+        "job_outcome": "finished on the remaining node" if returncode == 0 else "failed: " + output.strip().splitlines()[-1][:200],
+        "rerun_s": round(rerun_s, 1),
+        "rerun_files_indexed": rerun["files_indexed"],
+    }
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    (ARTIFACTS / "node-lost-mid-ingest.json").write_text(json.dumps(figures, indent=2) + "\n")
+    print(f"\nfault report node-lost-mid-ingest: {json.dumps(figures)}")
