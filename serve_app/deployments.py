@@ -35,11 +35,22 @@ from serve_app.stages import REPLICA_RETRY_AFTER_S, REPLICA_WAIT_S, ServiceUnava
 
 log = logging.getLogger("serve_app.deployments")
 
-SMALL = {"num_cpus": 0.25}
 AUTOSCALE = {"min_replicas": 1, "max_replicas": 2, "target_ongoing_requests": 4}
 # Serve notices a dead replica at its next health check (10 s by default): every 2 s here, so a
 # killed replica is replaced sooner while its callers get 503 + Retry-After (README, Reliability).
 HEALTH_CHECK_PERIOD_S = 2.0
+
+
+def replica_options(name: str, max_ongoing: int, max_queued: int, cpus: float = 0.25) -> dict[str, Any]:
+    """One deployment's Serve options (configs/serve.yaml may override them)."""
+    return {
+        "name": name,
+        "ray_actor_options": {"num_cpus": cpus},
+        "autoscaling_config": AUTOSCALE,
+        "max_ongoing_requests": max_ongoing,
+        "max_queued_requests": max_queued,
+        "health_check_period_s": HEALTH_CHECK_PERIOD_S,
+    }
 
 
 def _torch_threads(settings: RAGSettings) -> int:
@@ -47,14 +58,7 @@ def _torch_threads(settings: RAGSettings) -> int:
     return settings.api.embedder_torch_threads or len(os.sched_getaffinity(0))
 
 
-@serve.deployment(
-    name="Embedder",
-    ray_actor_options={"num_cpus": 0.5},
-    autoscaling_config=AUTOSCALE,
-    max_ongoing_requests=32,
-    max_queued_requests=256,
-    health_check_period_s=HEALTH_CHECK_PERIOD_S,
-)
+@serve.deployment(**replica_options("Embedder", 32, 256, cpus=0.5))
 class EmbedderDeployment:
     def __init__(self, settings: RAGSettings):
         started = time.monotonic()
@@ -80,14 +84,7 @@ class EmbedderDeployment:
         return {**self.embedder.status(), "startup_s": self.startup_s}
 
 
-@serve.deployment(
-    name="Retriever",
-    ray_actor_options=SMALL,
-    autoscaling_config=AUTOSCALE,
-    max_ongoing_requests=32,
-    max_queued_requests=256,
-    health_check_period_s=HEALTH_CHECK_PERIOD_S,
-)
+@serve.deployment(**replica_options("Retriever", 32, 256))
 class RetrieverDeployment:
     def __init__(self, settings: RAGSettings):
         started = time.monotonic()
@@ -120,14 +117,7 @@ class RetrieverDeployment:
         return {**self.retriever.status(), "startup_s": self.startup_s}
 
 
-@serve.deployment(
-    name="Reranker",
-    ray_actor_options=SMALL,
-    autoscaling_config=AUTOSCALE,
-    max_ongoing_requests=16,
-    max_queued_requests=128,
-    health_check_period_s=HEALTH_CHECK_PERIOD_S,
-)
+@serve.deployment(**replica_options("Reranker", 16, 128))
 class RerankerDeployment:
     def __init__(self, settings: RAGSettings):
         started = time.monotonic()
@@ -147,14 +137,7 @@ class RerankerDeployment:
         return {**self.reranker.status(), "startup_s": self.startup_s}
 
 
-@serve.deployment(
-    name="Generator",
-    ray_actor_options=SMALL,
-    autoscaling_config=AUTOSCALE,
-    max_ongoing_requests=16,
-    max_queued_requests=128,
-    health_check_period_s=HEALTH_CHECK_PERIOD_S,
-)
+@serve.deployment(**replica_options("Generator", 16, 128))
 class GeneratorDeployment:
     def __init__(self, settings: RAGSettings):
         started = time.monotonic()
@@ -253,14 +236,7 @@ class ServeStages(Stages):
         return await self.handles[stage].status.remote()
 
 
-@serve.deployment(
-    name="Ingress",
-    ray_actor_options=SMALL,
-    autoscaling_config=AUTOSCALE,
-    max_ongoing_requests=64,
-    max_queued_requests=512,
-    health_check_period_s=HEALTH_CHECK_PERIOD_S,
-)
+@serve.deployment(**replica_options("Ingress", 64, 512))
 @serve.ingress()  # the app is built in each replica, after __init__, by __serve_build_asgi_app__
 class Ingress:
     def __init__(self, embedder: Any, retriever: Any, reranker: Any, generator: Any, settings: RAGSettings):
