@@ -262,21 +262,31 @@ def _this_jobs_work() -> JobWork | None:
     return JobWork(pending, ours)
 
 
+def _alive_nodes(status: Any) -> int:
+    return len(status.active_nodes) + len(status.idle_nodes)
+
+
 class StallGuard:
     """Notices a pipeline that waits for resources it will not get: no batch for `timeout_s`, none
     of its parse tasks or embedding calls running, while Ray reports demands it cannot place
     (what `ray status` lists as pending) that are this job's: shaped like its parse tasks or
     embedding actors, or like any of its tasks and actors waiting for a node. Never while the
     cluster is starting nodes. Before failing, it logs the wait every `interval_s`, so a starved
-    run is never silent."""
+    run is never silent. When a node has left the cluster since the run began, it fails after
+    `node_lost_after_s` instead: the work was sized for the cluster as it was, and Ray Data does
+    not shrink an actor pool to make room for the parse tasks feeding it, so such a wait does not
+    end by itself."""
 
-    def __init__(self, plan: CpuPlan, embed_num_gpus: float, timeout_s: float, interval_s: float):
+    def __init__(self, plan: CpuPlan, embed_num_gpus: float, timeout_s: float, interval_s: float, node_lost_after_s: float = 30.0):
         parse, embed = _shape({"CPU": plan.parse_num_cpus}), _shape({"CPU": plan.embed_num_cpus, "GPU": embed_num_gpus})
         self.ours = {parse: "parse tasks", embed: "embedding actors"}
         if parse == embed:
             self.ours[parse] = "parse tasks and embedding actors"
         self.timeout_s = timeout_s
-        self.interval_s = min(interval_s, timeout_s)
+        self.node_lost_after_s = min(node_lost_after_s, timeout_s)
+        self.interval_s = min(interval_s, self.node_lost_after_s)
+        status = _cluster_status()
+        self.nodes_at_start = _alive_nodes(status) if status is not None else None
         self.last_progress = time.monotonic()
         self.last_look = 0.0
         self.unreadable_logged = False
@@ -319,6 +329,13 @@ class StallGuard:
             log.warning("waiting for nodes the cluster is starting", extra={"fields": fields})
             self.progress()
             return
+        alive = _alive_nodes(status)
+        if self.nodes_at_start is not None and alive < self.nodes_at_start and idle >= self.node_lost_after_s:
+            raise IngestStalled(
+                f"a node left the cluster during the run ({self.nodes_at_start} -> {alive} nodes) and the job's work no longer "
+                f"fits on the rest: {'; '.join(pending)} pending, no progress for {idle:.0f} s ({cluster}). The current index "
+                "version is unchanged; rerun the job once the node is back or enough CPUs are free"
+            )
         if idle >= self.timeout_s:
             raise IngestStalled(
                 f"no progress for {idle:.0f} s while Ray cannot place the job's work: {'; '.join(pending)} pending "

@@ -31,7 +31,7 @@ from serve_app.reranking import Reranker
 from serve_app.retrieval import HybridRetriever
 from serve_app.retrieval_request import RetrievalRequest
 from serve_app.service import QueryService
-from serve_app.stages import REPLICA_RETRY_AFTER_S, REPLICA_WAIT_S, ServiceUnavailable, Stages
+from serve_app.stages import OVERLOAD_RETRY_AFTER_S, REPLICA_RETRY_AFTER_S, REPLICA_WAIT_S, ServiceUnavailable, Stages
 
 log = logging.getLogger("serve_app.deployments")
 
@@ -50,6 +50,9 @@ def replica_options(name: str, max_ongoing: int, max_queued: int, cpus: float = 
         "max_ongoing_requests": max_ongoing,
         "max_queued_requests": max_queued,
         "health_check_period_s": HEALTH_CHECK_PERIOD_S,
+        # What Serve's proxy answers when the Ingress's own queue is full (a stage's full queue
+        # reaches the Ingress as BackPressureError and is answered by it, the same way).
+        "backpressure_config": {"status_code": 503, "retry_after_s": OVERLOAD_RETRY_AFTER_S},
     }
 
 

@@ -33,6 +33,7 @@ STAGE_NAMES = ("embedder", "retriever", "reranker", "generator")
 # or the replacement, then answer 503 + Retry-After instead of holding the client until it is up.
 REPLICA_WAIT_S = 3.0
 REPLICA_RETRY_AFTER_S = 5
+OVERLOAD_RETRY_AFTER_S = 1  # a full queue drains in well under a second at this service's latencies
 STATUS_TIMEOUT_S = 2.0  # /health reports a stage that cannot answer this fast as unavailable
 
 
@@ -50,7 +51,8 @@ async def guarded(call: Awaitable[T]) -> T:
     try:
         return await call
     except (BackPressureError, DeploymentUnavailableError) as exc:
-        raise ServiceUnavailable(f"overloaded, retry shortly ({type(exc).__name__})", retry_after_s=1, load_shed=True) from None
+        message = f"overloaded, retry shortly ({type(exc).__name__})"
+        raise ServiceUnavailable(message, retry_after_s=OVERLOAD_RETRY_AFTER_S, load_shed=True) from None
     except IndexUnavailable as exc:
         raise ServiceUnavailable(f"index not available: {exc}", retry_after_s=5) from None
 

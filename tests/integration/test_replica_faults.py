@@ -87,14 +87,20 @@ def test_with_one_replica_a_killed_retriever_answers_503_with_retry_after_until_
 
 def test_a_rolling_config_change_under_load_drains_every_request_it_started(samples_index, deploy_app):
     """A redeploy with new settings replaces every replica (new arguments): the old ones finish
-    what they hold before they stop, so no client sees a reset connection or a 5xx."""
-    base = deploy_app("rolling", index_dir=samples_index.index_dir)
+    what they hold before they stop, so no client sees a reset connection or a 5xx. Serve stops
+    an old replica before it starts its replacement, so this holds with two replicas of each
+    stage (configs/serve-cluster.yaml's shape); with one, requests that arrive while a stage has
+    none wait up to api.replica_wait_s and then hear 503 + Retry-After (README, Reliability)."""
+    two = {"num_replicas": 2, "autoscaling_config": None}
+    options = {name: two for name in ("Ingress", "Embedder", "Retriever", "Reranker", "Generator")}
+    base = deploy_app("rolling", index_dir=samples_index.index_dir, deployment_options=options)
     wait_for(f"{base}/health")
+    wait_until(lambda: all(running_replicas("rolling", name) == 2 for name in options), 180)
     with SteadyLoad(base) as load:
         time.sleep(3)
         old = set(replica_pids("rolling", "Retriever")) | set(replica_pids("rolling", "Ingress"))
         changed_at = load.now()
-        deploy_app("rolling", index_dir=samples_index.index_dir, retrieval={"fetch_k": 40})
+        deploy_app("rolling", index_dir=samples_index.index_dir, deployment_options=options, retrieval={"fetch_k": 40})
         wait_until(lambda: not old & (set(replica_pids("rolling", "Retriever")) | set(replica_pids("rolling", "Ingress"))), 180)
         rolled_at = load.now()
         time.sleep(3)

@@ -309,3 +309,26 @@ def test_a_full_queue_sheds_load_with_503_and_retry_after(samples_index, ray_clu
     while total(scrape(ray_cluster.metrics_url), "ray_rag_load_shed_total", reason="queue_full", application="shed") < 1:
         assert time.monotonic() < deadline, "rag_load_shed_total never appeared"
         time.sleep(2)
+
+
+def test_a_full_ingress_queue_is_answered_503_with_retry_after_by_serves_proxy(samples_index, deploy_app):
+    """When the Ingress itself cannot take more (every replica's queue full), Serve's proxy
+    refuses the request before any of this service's code runs: 503 with Retry-After, so clients
+    back off instead of piling on, and the requests it did take still succeed."""
+    tight = {"num_replicas": 1, "autoscaling_config": None, "max_ongoing_requests": 1, "max_queued_requests": 1}
+    base = deploy_app("shed-ingress", index_dir=samples_index.index_dir, deployment_options={"Ingress": tight})
+    wait_for(f"{base}/health")
+
+    async def burst() -> list[httpx.Response]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return await asyncio.gather(*(client.post(f"{base}/v1/retrieve", json={"query": f"vacation days {i}"}) for i in range(40)))
+
+    responses = asyncio.run(burst())
+    statuses = Counter(r.status_code for r in responses)
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[503] > 0 and statuses[200] > 0, statuses
+    for response in (r for r in responses if r.status_code == 503):
+        assert response.headers.get("Retry-After") == "1", response.headers
+        assert "backpressure" in response.text.lower(), response.text
+    # Liveness is answered by the Ingress too; once the burst is over it is free again.
+    assert httpx.get(f"{base}/health/live", timeout=5).status_code == 200

@@ -93,7 +93,7 @@ def disk_used(path: Path) -> int:
 
 def test_a_full_disk_fails_the_ingest_cleanly_and_the_next_run_with_space_succeeds(tmp_path, samples_index, ray_cluster, pdf_dir):
     source = samples_index.source
-    added = ["unstructured__multi-column.pdf", "unstructured__fr_olap.pdf", "pypdf-samples__GeoTopo-komprimiert.pdf"]
+    added = ["unstructured__multi-column.pdf", "unstructured__fr_olap.pdf"]
     for name in added:
         shutil.copy(pdf_dir / name, source / name)
     disk = tmp_path / "disk"
