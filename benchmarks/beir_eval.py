@@ -45,15 +45,26 @@ def load_qrels(path: Path) -> dict[str, dict[str, int]]:
     return qrels
 
 
+def load_queries(dataset: Path, qrels: dict[str, dict[str, int]]) -> dict[str, str]:
+    """query id -> text, for the queries that have judgments in `qrels`."""
+    queries = {}
+    with (dataset / "queries.jsonl").open() as handle:
+        for line in handle:
+            query = json.loads(line)
+            if query["_id"] in qrels:
+                queries[query["_id"]] = query["text"]
+    return queries
+
+
 def doc_filename(doc_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", doc_id) + ".txt"
 
 
-def write_corpus(dataset: Path, target: Path) -> dict[str, str]:
+def write_corpus(dataset: Path, target: Path, corpus_file: str = "corpus.jsonl") -> dict[str, str]:
     """One text file per document (title, blank line, text); returns file name -> doc id."""
     target.mkdir(parents=True, exist_ok=True)
     names: dict[str, str] = {}
-    with (dataset / "corpus.jsonl").open() as handle:
+    with (dataset / corpus_file).open() as handle:
         for line in handle:
             doc = json.loads(line)
             name = doc_filename(doc["_id"])
@@ -197,12 +208,7 @@ def main() -> None:
         return
 
     qrels = load_qrels(dataset / "qrels" / f"{args.split}.tsv")
-    queries = {}
-    with (dataset / "queries.jsonl").open() as handle:
-        for line in handle:
-            query = json.loads(line)
-            if query["_id"] in qrels:
-                queries[query["_id"]] = query["text"]
+    queries = load_queries(dataset, qrels)
 
     server = None
     url = args.url

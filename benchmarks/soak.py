@@ -2,7 +2,7 @@
 cache hits through Redis, retrievals) with a re-ingest every 5 minutes, reporting every replica's
 RSS and file descriptors at start and end, Redis's client connections, and every non-200.
 
-    python benchmarks/soak.py --source ../shared/data/pdfs --minutes 20 --reingest-every-min 5
+    python -m benchmarks.soak --source ../shared/data/pdfs --minutes 20 --reingest-every-min 5
 
 It starts its own local Ray (6 logical CPUs on this machine's cores), ingests the source into a
 fresh index, deploys configs/rag.yaml's graph with the machine's Redis, and writes

@@ -1,4 +1,4 @@
-"""The soak's CI variant (benchmarks/soak.py runs it for 20 minutes): 2 minutes of mixed load on the
+"""The soak's CI variant (`python -m benchmarks.soak` runs it for 20 minutes): 2 minutes of mixed load on the
 graph with Redis (answers, cache hits, retrievals), a re-ingest every 50 s, every replica's memory
 and file descriptors and Redis's connections sampled. Zero 5xx; nothing grows."""
 
