@@ -174,6 +174,7 @@ class Soak:
         for pid, start in sorted(first.replicas.items(), key=lambda item: item[1]["deployment"]):
             history = [s.replicas[pid] for s in samples if pid in s.replicas]
             end = last.replicas.get(pid)
+            middle = history[len(history) // 2]  # growth that stops (allocator and store caches warming) is no leak
             replicas.append(
                 {
                     "deployment": start["deployment"],
@@ -182,6 +183,9 @@ class Soak:
                     "rss_end_mb": round(end["rss_mb"], 1) if end else None,
                     "rss_max_mb": round(max(h["rss_mb"] for h in history), 1),
                     "rss_growth_pct": round(100 * (end["rss_mb"] / start["rss_mb"] - 1), 1) if end else None,
+                    "rss_mid_mb": round(middle["rss_mb"], 1),
+                    "rss_growth_second_half_pct": round(100 * (end["rss_mb"] / middle["rss_mb"] - 1), 1) if end else None,
+                    "rss_mb_samples": [round(h["rss_mb"]) for h in history],
                     "fds_start": start["fds"],
                     "fds_end": end["fds"] if end else None,
                 }
