@@ -286,20 +286,31 @@ def test_an_unreachable_llm_gives_a_degraded_answer_within_the_timeout(samples_i
     assert health["status"] == "degraded" and any("LLM" in r for r in health["reasons"])
 
 
-def test_a_full_queue_sheds_load_with_503_and_retry_after(samples_index, ray_cluster, deploy_app):
-    index_dir = samples_index.index_dir
-    tight = {"num_replicas": 1, "autoscaling_config": None, "max_ongoing_requests": 1, "max_queued_requests": 1}
-    base = deploy_app("shed", index_dir=index_dir, deployment_options={"Embedder": tight})
-    wait_for(f"{base}/health")
+ONE_AT_A_TIME = {"num_replicas": 1, "autoscaling_config": None, "max_ongoing_requests": 1, "max_queued_requests": 1}
+
+
+def burst_of_retrievals(base: str, requests: int = 40) -> list[httpx.Response]:
+    """`requests` retrievals at once against a deployment that takes one at a time: some are
+    answered, the rest refused, and nothing else (no 500, no reset)."""
 
     async def burst() -> list[httpx.Response]:
         async with httpx.AsyncClient(timeout=60) as client:
-            return await asyncio.gather(*(client.post(f"{base}/v1/retrieve", json={"query": f"vacation days {i}"}) for i in range(40)))
+            calls = (client.post(f"{base}/v1/retrieve", json={"query": f"vacation days {i}"}) for i in range(requests))
+            return await asyncio.gather(*calls)
 
     responses = asyncio.run(burst())
     statuses = Counter(r.status_code for r in responses)
     assert set(statuses) <= {200, 503}, statuses
     assert statuses[503] > 0 and statuses[200] > 0, statuses
+    return responses
+
+
+def test_a_full_queue_sheds_load_with_503_and_retry_after(samples_index, ray_cluster, deploy_app):
+    index_dir = samples_index.index_dir
+    base = deploy_app("shed", index_dir=index_dir, deployment_options={"Embedder": ONE_AT_A_TIME})
+    wait_for(f"{base}/health")
+
+    responses = burst_of_retrievals(base)
     for response in (r for r in responses if r.status_code == 503):
         assert response.headers.get("Retry-After") and "overloaded" in response.json()["error"]
     # ...and shed requests are counted on the node's Prometheus endpoint.
@@ -315,18 +326,10 @@ def test_a_full_ingress_queue_is_answered_503_with_retry_after_by_serves_proxy(s
     """When the Ingress itself cannot take more (every replica's queue full), Serve's proxy
     refuses the request before any of this service's code runs: 503 with Retry-After, so clients
     back off instead of piling on, and the requests it did take still succeed."""
-    tight = {"num_replicas": 1, "autoscaling_config": None, "max_ongoing_requests": 1, "max_queued_requests": 1}
-    base = deploy_app("shed-ingress", index_dir=samples_index.index_dir, deployment_options={"Ingress": tight})
+    base = deploy_app("shed-ingress", index_dir=samples_index.index_dir, deployment_options={"Ingress": ONE_AT_A_TIME})
     wait_for(f"{base}/health")
 
-    async def burst() -> list[httpx.Response]:
-        async with httpx.AsyncClient(timeout=60) as client:
-            return await asyncio.gather(*(client.post(f"{base}/v1/retrieve", json={"query": f"vacation days {i}"}) for i in range(40)))
-
-    responses = asyncio.run(burst())
-    statuses = Counter(r.status_code for r in responses)
-    assert set(statuses) <= {200, 503}, statuses
-    assert statuses[503] > 0 and statuses[200] > 0, statuses
+    responses = burst_of_retrievals(base)
     for response in (r for r in responses if r.status_code == 503):
         assert response.headers.get("Retry-After") == "1", response.headers
         assert "backpressure" in response.text.lower(), response.text
