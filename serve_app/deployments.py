@@ -16,6 +16,7 @@ from ray import serve
 from rag_core.index_reader import RetrievedChunk
 from rag_core.index_store import VersionedIndex
 from rag_core.logs import configure_json_logging
+from rag_core.memory import limit_malloc_arenas
 from rag_core.settings import RAGSettings
 from serve_app.api import create_app, install_limits, install_security
 from serve_app.chat.serving import ChatService
@@ -92,6 +93,9 @@ class RetrieverDeployment:
     def __init__(self, settings: RAGSettings):
         started = time.monotonic()
         configure_json_logging()
+        # Retrievals run on asyncio's thread pool, and each thread would get its own malloc arena:
+        # two keep each index swap's freed memory returnable (rag_core.memory).
+        limit_malloc_arenas(2)
         self.retriever = HybridRetriever(VersionedIndex.from_settings(settings), settings.retrieval)
         if not self.retriever.maybe_reload():
             log.error("no index to serve yet", extra={"fields": {"error": self.retriever.last_error}})

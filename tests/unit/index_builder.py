@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pyarrow as pa
 
 from rag_core.access import Access
@@ -11,12 +12,16 @@ from rag_core.embedding import EmbeddingModel
 from rag_core.index_store import VersionedIndex, VersionInfo, chunk_schema, manifest_from_rows
 
 
-def build_version(index: VersionedIndex, model: EmbeddingModel, corpus: list[tuple], make_current: bool = True) -> VersionInfo:
+def build_version(
+    index: VersionedIndex, model: EmbeddingModel, corpus: list[tuple], make_current: bool = True, vectors: np.ndarray | None = None
+) -> VersionInfo:
     """Commit `corpus` ((file, page, text, metadata) tuples) as a new version of `index`. A chunk's
     `tenant` and `groups` metadata become its access fields, as the ingest job writes them
-    (default: tenant "default", no groups), and `source` its named source (default: none)."""
+    (default: tenant "default", no groups), and `source` its named source (default: none).
+    `vectors`, when given, are stored instead of the model's (for tests where only volume counts)."""
     builder = index.begin(model.spec, {"chunk_size": 512, "chunk_overlap": 64}, index.current_version())
-    vectors = model.embed_documents([text for _, _, text, _ in corpus]) if corpus else []
+    if vectors is None:
+        vectors = model.embed_documents([text for _, _, text, _ in corpus]) if corpus else []
     rows, counts = [], {}
     for (file, page, text, metadata), vector in zip(corpus, vectors):
         n = counts[file] = counts.get(file, -1) + 1
