@@ -213,6 +213,12 @@ class RetrievalSettings(BaseModel):
     mmr: bool = Field(False, description="Diversify results with maximal marginal relevance.")
     mmr_lambda: float = Field(0.5, ge=0, le=1)
     mmr_fetch_k: int = Field(20, ge=1, le=500)
+    document_candidates: int = Field(
+        50, ge=1, le=500, description="Chunks grouped into documents when /v1/retrieve is asked for documents (group_by: document)."
+    )
+    document_decay: float = Field(
+        0.3, ge=0, le=1, description="A document's score: its chunks' scores, best first, weighted 1, decay, decay², ... (0: best chunk)."
+    )
     reload_check_interval_s: float = Field(2.0, gt=0, description="How often replicas look for a new index version.")
 
 

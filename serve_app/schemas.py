@@ -55,6 +55,11 @@ class RetrieveRequest(_Request):
     mode: Literal["dense", "lexical", "hybrid"] | None = Field(None, description="Default: retrieval.mode from the settings.")
     rerank: bool | None = Field(None, description="Default: rerank.enabled from the settings.")
     mmr: bool | None = Field(None, description="Diversify with maximal marginal relevance. Default: retrieval.mmr.")
+    group_by: Literal["chunk", "document"] = Field(
+        "chunk",
+        description="document: rank files by all their matching passages (retrieval.document_decay), return top_k of them in "
+        "`documents`, and each one's best passage in `results`.",
+    )
 
     _query_not_blank = field_validator("query")(classmethod(lambda cls, v: _not_blank(v)))
 
@@ -103,8 +108,17 @@ class QueryResponse(BaseModel):
     generator: str
 
 
+class RetrievedDocument(BaseModel):
+    file: str
+    source: str | None = None
+    title: str | None = Field(None, description="The document's title, where it states one.")
+    score: float = Field(..., description="Its passages' scores, best first, summed with weights 1, decay, decay², ...")
+    passages: list[Source] = Field(..., description="Its passages among the candidates, best first.")
+
+
 class RetrieveResponse(BaseModel):
     results: list[Source]
+    documents: list[RetrievedDocument] | None = Field(None, description="With group_by: document, the ranked documents.")
     index_version: str
     latency_ms: float
     reranker: str | None = None

@@ -17,15 +17,26 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from rag_core.access import Access
+from rag_core.contextual import DOCUMENT_TITLE_KEY
 from rag_core.index_reader import RetrievedChunk
 from rag_core.index_store import VersionedIndex
 from serve_app.cache import AnswerCache, CacheHit, CacheScope, CacheUnavailable, pipeline_identity
+from serve_app.document_ranking import rank_documents
 from serve_app.faithfulness import answer_sentences, supported_share
 from serve_app.generation import ABSTAIN_ANSWER, MODE_DEGRADED, MODE_GENERATIVE, Answer, llm_event
 from serve_app.metrics import NullMetrics, QueryMetrics
 from serve_app.redis_conn import FailFastRedis
 from serve_app.retrieval_request import RetrievalRequest
-from serve_app.schemas import HealthResponse, QueryRequest, QueryResponse, RetrieveRequest, RetrieveResponse, Source, SourceLocation
+from serve_app.schemas import (
+    HealthResponse,
+    QueryRequest,
+    QueryResponse,
+    RetrievedDocument,
+    RetrieveRequest,
+    RetrieveResponse,
+    Source,
+    SourceLocation,
+)
 from serve_app.stages import ServiceUnavailable, Stages
 
 log = logging.getLogger("serve_app.query")
@@ -163,23 +174,44 @@ class QueryService:
 
     async def retrieve(self, request: RetrieveRequest, access: Access, clock: StageClock | None = None) -> RetrieveResponse:
         clock = clock or StageClock()
+        by_document = request.group_by == "document"
         got = await self._retrieve(
             access,
             query=request.query,
-            top_k=request.top_k,
+            top_k=max(request.top_k, self.settings.retrieval.document_candidates) if by_document else request.top_k,
             where=request.filters,
             mode=request.mode,
             rerank=request.rerank,
             mmr=request.mmr,
             clock=clock,
         )
+        documents = self._rank_documents(got.chunks, request.top_k) if by_document else None
         return RetrieveResponse(
-            results=to_sources(got.chunks),
+            results=[document.passages[0] for document in documents] if documents is not None else to_sources(got.chunks),
+            documents=documents,
             index_version=got.index_version,
             reranker=got.reranker,
             mode=request.mode or self.settings.retrieval.mode,
             latency_ms=round(clock.total_ms(), 2),
         )
+
+    def _rank_documents(self, chunks: list[RetrievedChunk], top_k: int) -> list[RetrievedDocument]:
+        ranked = rank_documents(
+            ((chunk, chunk.score) for chunk in chunks),
+            key=lambda chunk: (chunk.metadata.get("source") or None, chunk.file),
+            decay=self.settings.retrieval.document_decay,
+            top_k=top_k,
+        )
+        return [
+            RetrievedDocument(
+                file=document.items[0].file,
+                source=document.key[0],
+                title=document.items[0].metadata.get(DOCUMENT_TITLE_KEY) or None,
+                score=round(document.score, 6),
+                passages=to_sources(document.items),
+            )
+            for document in ranked
+        ]
 
     async def _check_cache(self, request: QueryRequest, access: Access, clock: StageClock) -> CacheLookup:
         """Exact lookup before any downstream call; on a miss, the query is embedded once, for the

@@ -182,6 +182,26 @@ def test_retrieve_honours_filters_top_k_and_the_fallback_reranker(client: TestCl
     assert [r["chunk_id"] for r in reranked["results"]] == [r["chunk_id"] for r in plain["results"]]
 
 
+def test_retrieve_by_document_ranks_files_by_all_their_passages(client: TestClient) -> None:
+    by_chunk = client.post("/v1/retrieve", json={"query": "vacation days and vacation requests", "top_k": 3}).json()
+    assert by_chunk["documents"] is None
+    body = client.post("/v1/retrieve", json={"query": "vacation days and vacation requests", "top_k": 3, "group_by": "document"}).json()
+    documents = body["documents"]
+    assert len(documents) == 3 and len({d["file"] for d in documents}) == 3
+    first = documents[0]
+    assert first["file"] == "handbook/vacation-policy.md"
+    assert {p["chunk_id"] for p in first["passages"]} == {"handbook/vacation-policy.md#0", "handbook/vacation-policy.md#1"}
+    best, second = (p["score"] for p in first["passages"])
+    assert best >= second
+    assert first["score"] == pytest.approx(best + 0.3 * second, abs=1e-5)  # retrieval.document_decay
+    assert [d["score"] for d in documents] == sorted((d["score"] for d in documents), reverse=True)
+    for d in documents:
+        scores = [p["score"] for p in d["passages"]]
+        assert scores == sorted(scores, reverse=True)
+        assert d["score"] == pytest.approx(sum(s * 0.3**i for i, s in enumerate(scores)), abs=1e-5)
+    assert body["results"] == [d["passages"][0] for d in documents]  # one passage per document, its best
+
+
 # -- query ----------------------------------------------------------------------------------------
 def test_query_answers_extractively_with_sources_and_echoes_the_request_id(client: TestClient) -> None:
     response = client.post(
@@ -278,6 +298,7 @@ BAD_REQUESTS = [
     ("/v1/retrieve", {"query": "vacation", "mode": "fuzzy"}, "mode"),
     ("/v1/retrieve", {"query": "vacation", "filters": {"$where": "1"}}, "filters"),
     ("/v1/retrieve", {"query": "vacation", "question": "extra"}, "question"),
+    ("/v1/retrieve", {"query": "vacation", "group_by": "page"}, "group_by"),
 ]
 
 
