@@ -80,10 +80,14 @@ def main() -> None:
 
     print(f"{args.split}: {len(queries)} queries; dense {score(dense)}  lexical {score(lexical)}")
     if args.bm25_grid:
+        from rag_core.contextual import chunk_indexed_text
         from serve_app.retrieval import LexicalIndex
 
+        texts = snapshot.texts
+        if snapshot.info.chunking.get("contextual"):  # BM25 reads what the version was indexed by
+            texts = [chunk_indexed_text(text, metadata) for text, metadata in zip(snapshot.texts, snapshot.metadatas)]
         for k1, b in itertools.product([0.6, 0.9, 1.2, 1.5], [0.3, 0.5, 0.75, 0.9]):
-            lexical_index = LexicalIndex(snapshot.texts, k1, b, settings.retrieval.bm25_stemmer)
+            lexical_index = LexicalIndex(texts, k1, b, settings.retrieval.bm25_stemmer)
             scored = {q: [(snapshot.chunk_ids[p], v) for p, v in lexical_index.top(t, depth)] for q, t in queries.items()}
             fused = {q: [cid for cid, _ in convex_fusion([(dense_scored[q][:100], 0.6), (scored[q][:100], 0.4)])] for q in queries}
             print(

@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 from ingest_jobs.redaction import shared_redactor
 from rag_core.chunking import RecursiveChunker
 from rag_core.embedding import EmbeddingModelSpec, load_for_spec
-from rag_core.index_store import chunk_schema
+from rag_core.index_store import chunk_schema, indexed_texts
 from rag_core.manifest import doc_key
 from rag_core.parsing import DocumentParseError, DocumentParser, parser_signature
 from rag_core.settings import OCRSettings, PIISettings
@@ -58,6 +58,7 @@ class ParseConfig:
     pii_spacy_model: str | None = None
     ocr: OCRSettings | None = None  # None: no OCR
     pdf_tables: bool = True
+    contextual: bool = True  # chunks are embedded with their title and heading (rag_core.contextual)
 
 
 def ocr_factory(settings: OCRSettings | None) -> Any:
@@ -185,6 +186,8 @@ class ParseAndChunk:
             return [_failure_row(common, f"parse error: {type(exc).__name__}: {exc}")]
         signature = parse_signature(record["file"], self.redactor.signature, document.ocr_engine, self.config.pdf_tables)
         incomplete = json.dumps(document.incomplete)
+        title, found = self._redact(document.title or "")
+        pii.update(found)
         return [
             {
                 **common,
@@ -194,6 +197,7 @@ class ParseAndChunk:
                 "char_start": chunk.char_start,
                 "char_end": chunk.char_end,
                 "text": chunk.text,
+                "title": title,
                 "location": json.dumps(chunk.location.to_dict(), sort_keys=True, ensure_ascii=False),
                 "ocr_confidence": chunk.ocr_confidence,
                 "parse_signature": signature,
@@ -232,6 +236,7 @@ def _failure_row(common: dict[str, Any], reason: str) -> dict[str, Any]:
         "char_start": 0,
         "char_end": 0,
         "text": "",
+        "title": "",
         "location": None,
         "ocr_confidence": None,
         "parse_signature": "",
@@ -283,17 +288,20 @@ class EmbedChunks:
 
     Also the Ray Data actor class: one model load per actor, reused across batches."""
 
-    def __init__(self, spec: dict[str, Any], device: str = "auto", torch_threads: int | None = None, batch_size: int = 64):
+    def __init__(
+        self, spec: dict[str, Any], device: str = "auto", torch_threads: int | None = None, batch_size: int = 64, contextual: bool = True
+    ):
         # Ray sets OMP_NUM_THREADS to the actor's CPU reservation (1), which halves CPU throughput
         # on a 2-core node; the thread count is set explicitly instead.
         threads = torch_threads or node_cores()
         self.model = load_for_spec(EmbeddingModelSpec.from_dict(spec), device, threads)
         self.batch_size = batch_size
+        self.contextual = contextual
 
     def __call__(self, chunks: pa.Table) -> pa.Table:
         dimension = self.model.spec.dimension
         errors = chunks.column("error").to_pylist()
-        texts = chunks.column("text").to_pylist()
+        texts = indexed_texts(chunks, self.contextual)
         wanted = [i for i, error in enumerate(errors) if not error]
         vectors = np.zeros((chunks.num_rows, dimension), dtype=np.float32)
         if wanted:
@@ -511,6 +519,7 @@ def build_dataset(
             "device": device,
             "torch_threads": resources.embed_torch_threads,
             "batch_size": resources.embed_batch_size,
+            "contextual": parse_config.contextual,
         },
         batch_format="pyarrow",
         batch_size=resources.embed_batch_size,

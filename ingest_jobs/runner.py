@@ -39,7 +39,15 @@ from ingest_jobs.pipeline import (
 from ingest_jobs.redaction import redactor_signature
 from rag_core.audit import default_actor, utc_now
 from rag_core.embedding import EmbeddingModel, EmbeddingModelSpec, resolve_spec, same_vector_space
-from rag_core.index_store import MANIFEST_COLUMNS, VersionBuilder, VersionedIndex, VersionInfo, manifest_from_rows, read_parquet_version
+from rag_core.index_store import (
+    MANIFEST_COLUMNS,
+    VersionBuilder,
+    VersionedIndex,
+    VersionInfo,
+    indexed_texts,
+    manifest_from_rows,
+    read_parquet_version,
+)
 from rag_core.manifest import LEGACY_SOURCE, Manifest, ManifestDiff, ManifestEntry, diff_manifest, doc_key
 from rag_core.parsing import DocumentParseError
 from rag_core.settings import RAGSettings
@@ -652,7 +660,7 @@ class IngestRun:
         for offset in range(0, keep.num_rows, batch):
             part = keep.slice(offset, batch)
             if reembed is not None:
-                vectors = reembed.embed_documents(part.column("text").to_pylist())
+                vectors = reembed.embed_documents(indexed_texts(part, self.settings.chunking.contextual))
                 field = part.schema.field("embedding")
                 column = pa.FixedSizeListArray.from_arrays(pa.array(vectors.ravel(), type=pa.float32()), vectors.shape[1])
                 part = part.set_column(part.schema.get_field_index("embedding"), field.with_type(column.type), column)
@@ -697,6 +705,7 @@ class IngestRun:
             chunk_size=s.chunking.chunk_size,
             chunk_overlap=s.chunking.chunk_overlap,
             separators=tuple(s.chunking.separators),
+            contextual=s.chunking.contextual,
             ingested_at=started_at,
             index_version=builder.version,
             pii_mode=s.ingest.pii.mode,

@@ -49,6 +49,7 @@ import pyarrow.parquet as pq
 from filelock import FileLock, Timeout
 
 from rag_core.audit import AuditLog, utc_now
+from rag_core.contextual import DOCUMENT_TITLE_KEY, indexed_text
 from rag_core.embedding import EmbeddingModelSpec
 from rag_core.location import LOCATION_METADATA_KEYS, Location
 from rag_core.manifest import Manifest, ManifestEntry, doc_key
@@ -91,6 +92,7 @@ RESERVED_METADATA_KEYS = frozenset(
         "index_version",
         "ocr",
         "ocr_confidence",
+        DOCUMENT_TITLE_KEY,
     }
     | LOCATION_METADATA_KEYS
 )
@@ -124,18 +126,33 @@ def chunk_schema(dimension: int) -> pa.Schema:
             ("ocr_confidence", pa.float32()),  # mean OCR word confidence 0-100; null = not OCR'd
             ("parse_signature", pa.string()),  # parser, OCR engine and redaction that produced the text
             ("source", pa.string()),  # the named source holding the file; "" = indexed before sources were named
+            ("title", pa.string()),  # the document's own title (rag_core.contextual); "" = none stated
             ("embedding", pa.list_(pa.float32(), dimension)),
         ]
     )
 
 
 # Columns added after the first release, with what rows written before them mean.
-_LATER_COLUMNS = {"location": None, "ocr_confidence": None, "parse_signature": "", "source": ""}
+_LATER_COLUMNS = {"location": None, "ocr_confidence": None, "parse_signature": "", "source": "", "title": ""}
 
 
 def chunk_location(row: dict[str, Any]) -> Location:
     raw = row.get("location")
     return Location.from_dict(json.loads(raw)) if raw else Location("page", int(row["page"]))
+
+
+def indexed_texts(table: pa.Table, contextual: bool) -> list[str]:
+    """What chunk rows are embedded and BM25-indexed by: their text, with their document's title
+    and section heading in front when `contextual` (the version's chunking record says which)."""
+    texts = table.column("text").to_pylist()
+    if not contextual:
+        return texts
+    titles = table.column("title").to_pylist() if "title" in table.column_names else [None] * len(texts)
+    locations = table.column("location").to_pylist() if "location" in table.column_names else [None] * len(texts)
+    return [
+        indexed_text(text, title=title, heading=Location.from_dict(json.loads(location)).heading if location else None)
+        for text, title, location in zip(texts, titles, locations)
+    ]
 
 
 @dataclass(frozen=True)
@@ -342,6 +359,8 @@ def chroma_metadata(row: dict[str, Any]) -> dict[str, Any]:
     }
     if row.get("ocr_confidence") is not None:
         metadata["ocr_confidence"] = round(float(row["ocr_confidence"]), 1)
+    if row.get("title"):
+        metadata[DOCUMENT_TITLE_KEY] = row["title"]
     metadata.update(chunk_location(row).to_metadata())
     for key, value in json.loads(row["metadata"] or "{}").items():
         metadata.setdefault(key, value)

@@ -39,6 +39,11 @@ class ChunkingSettings(BaseModel):
         default_factory=lambda: ["\n\n", "\n", ". ", " ", ""],
         description="Split points tried in order; '' means a hard cut.",
     )
+    contextual: bool = Field(
+        True,
+        description="Embed and BM25-index each chunk with its document's title and section heading in front "
+        "(rag_core.contextual); the stored and returned text stays the chunk's own.",
+    )
 
     @model_validator(mode="after")
     def _overlap_below_size(self) -> ChunkingSettings:

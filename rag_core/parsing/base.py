@@ -55,10 +55,35 @@ class ParsedDocument:
     # "unavailable" when pages needed one and none was installed, "" when no page needed OCR.
     # Part of the file's parse signature.
     ocr_engine: str = ""
+    # The document's own title where it states one (a text file's title line, a PDF's or an
+    # Office file's metadata title, HTML's <title>); indexed with every chunk (rag_core.contextual).
+    title: str | None = None
 
     @property
     def text_chars(self) -> int:
         return sum(len(segment.text.strip()) for segment in self.segments)
+
+
+# What authoring tools put in a document's title field when the author gave none: file names,
+# program names, placeholders. Seen in the shared PDFs: 'zen_of_python.txt', 'Sample Dexa
+# Report.PDF', 'Agriculture Statistics 2012-13..psd', '10811.exe', 'Microsoft Word - SPECIAL BOARD
+# AGENDA 040616.doc', 'Untitled', 'Adobe Photoshop PDF', '88300 162..177', '905_Precinct_NoOU'.
+_FILE_NAME = re.compile(r"\.[A-Za-z][A-Za-z0-9]{1,4}$")
+_TOOL_PREFIX = re.compile(r"^(microsoft (word|powerpoint|excel)|adobe \w+|powerpoint presentation)\b", re.IGNORECASE)
+_PLACEHOLDERS = frozenset({"untitled", "untitled document", "document", "new document", "presentation", "slide 1", "title", "pdf"})
+
+
+def document_title(raw: str | None) -> str | None:
+    """A title field's value when it reads as a title, else None. A title is used as context for
+    every chunk of its document (rag_core.contextual), so a wrong one does more harm than none:
+    one word ('grasshopper', 'SingleTable'), a file or program name, or mostly digits is refused."""
+    title = " ".join(str(raw or "").split())
+    if not 3 <= len(title) <= 200 or " " not in title:
+        return None
+    if _FILE_NAME.search(title) or _TOOL_PREFIX.match(title) or title.casefold() in _PLACEHOLDERS:
+        return None
+    letters = sum(character.isalpha() for character in title)
+    return title if letters >= 0.6 * len(title.replace(" ", "")) else None
 
 
 def header_line(header: Sequence[str]) -> str:

@@ -8,12 +8,12 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from rag_core.parsing.base import ParsedDocument, grid_lines
+from rag_core.parsing.base import ParsedDocument, document_title, grid_lines
 from rag_core.parsing.office import open_package
 from rag_core.parsing.sections import SectionBuilder
 
 LIBRARY = "python-docx"
-REVISION = 1
+REVISION = 2
 
 W = "{http://schemas.openxmlformats.org/wordprocessingml/2006/main}"
 M = "{http://schemas.openxmlformats.org/officeDocument/2006/math}"
@@ -33,7 +33,7 @@ def parse(data: bytes, passwords: Sequence[str]) -> ParsedDocument:
         builder.heading_block(1, "Comments, headers and footers")
         for text in extras:
             builder.block(text)
-    return ParsedDocument(builder.finish())
+    return ParsedDocument(builder.finish(), title=document_title(document.core_properties.title))
 
 
 def _blocks(container: Any, builder: SectionBuilder, styles: dict[str, str]) -> None:

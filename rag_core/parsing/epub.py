@@ -7,12 +7,12 @@ import io
 import logging
 import warnings
 
-from rag_core.parsing.base import DocumentParseError, ParsedDocument
+from rag_core.parsing.base import DocumentParseError, ParsedDocument, document_title
 from rag_core.parsing.encoding import decode_text
 from rag_core.parsing.html import read_html
 
 LIBRARY = "ebooklib"
-REVISION = 1
+REVISION = 2
 
 
 def parse(data: bytes) -> ParsedDocument:
@@ -41,5 +41,5 @@ def parse(data: bytes) -> ParsedDocument:
             continue
         chapter += 1
         markup, _ = decode_text(item.get_content())
-        segments.extend(read_html(markup, page=chapter, root_heading=title))
-    return ParsedDocument(segments)
+        segments.extend(read_html(markup, page=chapter, root_heading=title).segments)
+    return ParsedDocument(segments, title=document_title(title))

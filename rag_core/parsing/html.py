@@ -7,12 +7,12 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from rag_core.parsing.base import ParsedDocument, header_line, table_row_lines
+from rag_core.parsing.base import ParsedDocument, document_title, header_line, table_row_lines
 from rag_core.parsing.encoding import decode_text
 from rag_core.parsing.sections import SectionBuilder
 
 LIBRARY = "beautifulsoup4"
-REVISION = 1
+REVISION = 2
 
 SKIP = {
     "script",
@@ -75,10 +75,10 @@ _FURNITURE_ROLES = {"navigation", "menu", "menubar", "search", "banner", "conten
 def parse(data: bytes) -> ParsedDocument:
     declared = _META_CHARSET.search(data[:4096])
     text, _ = decode_text(data, declared.group(1).decode("ascii") if declared else None)
-    return ParsedDocument(read_html(text))
+    return read_html(text)
 
 
-def read_html(markup: str, page: int = 1, root_heading: str | None = None) -> list:
+def read_html(markup: str, page: int = 1, root_heading: str | None = None) -> ParsedDocument:
     import warnings
 
     from bs4 import BeautifulSoup, XMLParsedAsHTMLWarning
@@ -101,7 +101,7 @@ def read_html(markup: str, page: int = 1, root_heading: str | None = None) -> li
         from dataclasses import replace
 
         segments = [replace(s, location=replace(s.location, heading=title)) for s in segments]
-    return segments
+    return ParsedDocument(segments, title=document_title(title))
 
 
 class _Reader:

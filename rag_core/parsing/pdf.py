@@ -11,7 +11,7 @@ from pypdf import PdfReader
 from pypdf.errors import DependencyError, PdfReadError, PyPdfError
 
 from rag_core.location import Location
-from rag_core.parsing.base import DocumentParseError, ParsedDocument, ParsedSegment, clean_text
+from rag_core.parsing.base import DocumentParseError, ParsedDocument, ParsedSegment, clean_text, document_title
 from rag_core.parsing.ocr_pages import OcrPages
 from rag_core.parsing.pdf_tables import table_page_texts, tabular_pages
 
@@ -20,7 +20,7 @@ from rag_core.parsing.pdf_tables import table_page_texts, tabular_pages
 logging.getLogger("pypdf").setLevel(logging.ERROR)
 
 LIBRARY = "pypdf"
-REVISION = 3
+REVISION = 4
 # A page with less text than this (non-space characters) and an image is a scan.
 MIN_TEXT_LAYER_CHARS = 20
 
@@ -47,7 +47,7 @@ def parse(data: bytes, passwords: Sequence[str], ocr: OcrPages, tables: bool = T
         replaced = table_page_texts(data, tabular_pages(texts), password)
         texts = [clean_text(replaced.get(number, text)) for number, text in enumerate(texts, start=1)]
     segments = [ParsedSegment(text, Location("page", number)) for number, text in enumerate(texts, start=1)]
-    document = ParsedDocument(segments)
+    document = ParsedDocument(segments, title=_metadata_title(reader))
     if scans:
         ocr.read_pdf_pages(document, data, scans, password)
     return document
@@ -81,3 +81,10 @@ def _has_images(page: Any, depth: int = 0) -> bool:
     except Exception:  # a broken resource dictionary: treat as no image, the text layer stands
         return False
     return False
+
+
+def _metadata_title(reader: PdfReader) -> str | None:
+    try:
+        return document_title(reader.metadata.title if reader.metadata else None)
+    except Exception:  # a malformed info dictionary costs the title, never the document
+        return None

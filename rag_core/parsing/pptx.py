@@ -9,11 +9,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from rag_core.location import Location
-from rag_core.parsing.base import ParsedDocument, ParsedSegment, grid_lines, short_heading
+from rag_core.parsing.base import ParsedDocument, ParsedSegment, document_title, grid_lines, short_heading
 from rag_core.parsing.office import open_package
 
 LIBRARY = "python-pptx"
-REVISION = 1
+REVISION = 2
 
 
 def parse(data: bytes, passwords: Sequence[str]) -> ParsedDocument:
@@ -36,7 +36,7 @@ def parse(data: bytes, passwords: Sequence[str]) -> ParsedDocument:
         text = "\n\n".join(block for block in blocks if block.strip())
         if text.strip():
             segments.append(ParsedSegment(text, Location("slide", number, slide=number, heading=short_heading(title) if title else None)))
-    return ParsedDocument(segments)
+    return ParsedDocument(segments, title=document_title(presentation.core_properties.title))
 
 
 def _reading_order(shapes: Any) -> list[Any]:

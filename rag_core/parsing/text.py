@@ -9,15 +9,25 @@ from rag_core.parsing.base import ParsedDocument, ParsedSegment
 from rag_core.parsing.encoding import decode_text
 
 LIBRARY = "charset-normalizer"
-REVISION = 2
+REVISION = 3
 
 _ATX_HEADING = re.compile(r"^(#{1,6})[ \t]+(.+?)[ \t#]*$")
 _FENCE = re.compile(r"^(```|~~~)")
+MAX_TITLE_CHARS = 200
 
 
 def parse_plain(data: bytes) -> ParsedDocument:
     text, _ = decode_text(data)
-    return ParsedDocument([ParsedSegment(text, Location("page", 1))])
+    return ParsedDocument([ParsedSegment(text, Location("page", 1))], title=title_line(text))
+
+
+def title_line(text: str) -> str | None:
+    """A text file's title: a short first line set apart from the text under it by a blank line."""
+    lines = text.lstrip().split("\n", 2)
+    if len(lines) < 3 or lines[1].strip() or not lines[2].strip():
+        return None
+    title = " ".join(lines[0].split())
+    return title if 0 < len(title) <= MAX_TITLE_CHARS and not title.endswith((".", ":", ",", ";")) else None
 
 
 def parse_markdown(data: bytes) -> ParsedDocument:

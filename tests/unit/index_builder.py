@@ -8,20 +8,28 @@ import numpy as np
 import pyarrow as pa
 
 from rag_core.access import Access
+from rag_core.contextual import indexed_text
 from rag_core.embedding import EmbeddingModel
 from rag_core.index_store import VersionedIndex, VersionInfo, chunk_schema, manifest_from_rows
 
 
 def build_version(
-    index: VersionedIndex, model: EmbeddingModel, corpus: list[tuple], make_current: bool = True, vectors: np.ndarray | None = None
+    index: VersionedIndex,
+    model: EmbeddingModel,
+    corpus: list[tuple],
+    make_current: bool = True,
+    vectors: np.ndarray | None = None,
+    contextual: bool = False,
 ) -> VersionInfo:
     """Commit `corpus` ((file, page, text, metadata) tuples) as a new version of `index`. A chunk's
     `tenant` and `groups` metadata become its access fields, as the ingest job writes them
-    (default: tenant "default", no groups), and `source` its named source (default: none).
+    (default: tenant "default", no groups), `source` its named source (default: none), and
+    `doc_title` its document's title, which a `contextual` version's BM25 reads with it.
     `vectors`, when given, are stored instead of the model's (for tests where only volume counts)."""
-    builder = index.begin(model.spec, {"chunk_size": 512, "chunk_overlap": 64}, index.current_version())
+    builder = index.begin(model.spec, {"chunk_size": 512, "chunk_overlap": 64, "contextual": contextual}, index.current_version())
     if vectors is None:
-        vectors = model.embed_documents([text for _, _, text, _ in corpus]) if corpus else []
+        texts = [indexed_text(text, title=metadata.get("doc_title")) if contextual else text for _, _, text, metadata in corpus]
+        vectors = model.embed_documents(texts) if corpus else []
     rows, counts = [], {}
     for (file, page, text, metadata), vector in zip(corpus, vectors):
         n = counts[file] = counts.get(file, -1) + 1
@@ -39,7 +47,8 @@ def build_version(
                 "file_size": 1000,
                 "ingested_at": "2024-06-01T12:00:00+00:00",
                 "index_version": builder.version,
-                "metadata": json.dumps(with_access({k: v for k, v in metadata.items() if k != "source"})),
+                "metadata": json.dumps(with_access({k: v for k, v in metadata.items() if k not in ("source", "doc_title")})),
+                "title": metadata.get("doc_title", ""),
                 "source": metadata.get("source", ""),
                 "embedding": vector.tolist(),
             }

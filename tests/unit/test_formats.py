@@ -190,7 +190,7 @@ def test_encoding_detection_prefers_declared_then_utf8_then_detection() -> None:
 def test_parser_signature_names_format_revision_and_library_version() -> None:
     from importlib import metadata
 
-    assert parser_signature("a.DOCX") == f"docx/1 python-docx {metadata.version('python-docx')}"
+    assert parser_signature("a.DOCX") == f"docx/2 python-docx {metadata.version('python-docx')}"
     assert parser_signature("a.pdf").startswith("pdf/") and "pdfplumber" in parser_signature("a.pdf")
     assert "pdfplumber" not in parser_signature("a.pdf", pdf_tables=False)
 

@@ -473,6 +473,28 @@ def test_the_replaced_version_is_closed_once_its_last_retrieval_is_done(model: E
     assert info.version == "v000002" and chunks[0].chunk_id == "office/coffee.txt#0"
 
 
+@pytest.mark.parametrize("contextual", [True, False])
+def test_a_contextual_versions_bm25_reads_each_chunk_with_its_document_title(
+    model: EmbeddingModel, tmp_path: Path, contextual: bool
+) -> None:
+    """The version's chunking record says what its chunks were indexed by; the returned text is
+    always the stored chunk, never the title in front of it."""
+    corpus = [
+        ("travel.pdf", 2, "The allowance is 40 euros per day, paid with the next salary.", {"doc_title": "Field staff travel rules"}),
+        ("canteen.txt", 1, "Lunch is served from noon; the allowance for guests is one meal.", {}),
+    ]
+    index = VersionedIndex(tmp_path / "index")
+    build_version(index, model, corpus, contextual=contextual)
+    retriever = HybridRetriever(index, RetrievalSettings())
+    assert retriever.maybe_reload() is True
+    chunks, _ = retriever.retrieve(RetrievalRequest.resolve(retriever.settings, query="field staff", top_k=2, mode="lexical"))
+    if contextual:
+        assert [c.chunk_id for c in chunks] == ["travel.pdf#0"]
+        assert chunks[0].text == corpus[0][2] and chunks[0].metadata["doc_title"] == "Field staff travel rules"
+    else:
+        assert chunks == []
+
+
 def test_closing_a_replaced_version_returns_its_memory_to_the_os(model: EmbeddingModel, tmp_path: Path) -> None:
     """A replica loads every new version beside the old one. Unless the replaced version's freed
     memory goes back to the OS, RSS keeps each swap's high-water mark: the 20-minute soak's
