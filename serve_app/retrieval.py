@@ -29,7 +29,7 @@ from rag_core.index_reader import RetrievedChunk
 from rag_core.index_store import IndexStoreError, VersionedIndex, VersionInfo
 from rag_core.memory import release_free_memory
 from serve_app.filters import FilterError, matches
-from serve_app.retrieval_request import RetrievalMode, RetrievalRequest
+from serve_app.retrieval_request import RetrievalRequest
 
 log = logging.getLogger("serve_app.retrieval")
 
@@ -336,7 +336,7 @@ class HybridRetriever:
         with self._vector_store_errors():
             dense = self._dense(snapshot, request, where if mask is not None else None, fetch_k) if request.mode != "lexical" else []
         lexical = self._lexical(snapshot, request.query, mask, fetch_k) if request.mode != "dense" else []
-        ranked = self._fuse(request.mode, dense, lexical)
+        ranked = self._fuse(request, dense, lexical)
         if request.mmr and ranked and request.vector is not None:
             with self._vector_store_errors():
                 ranked = self._diversify(snapshot, request, ranked)
@@ -380,14 +380,15 @@ class HybridRetriever:
     def _lexical(snapshot: IndexSnapshot, query: str, mask: np.ndarray | None, fetch_k: int) -> list[tuple[str, float]]:
         return [(snapshot.chunk_ids[position], score) for position, score in snapshot.lexical.top(query, fetch_k, mask)]
 
-    def _fuse(self, mode: RetrievalMode, dense: list[tuple[str, float]], lexical: list[tuple[str, float]]) -> list[tuple[str, float]]:
-        if mode == "dense":
+    def _fuse(self, request: RetrievalRequest, dense: list[tuple[str, float]], lexical: list[tuple[str, float]]) -> list[tuple[str, float]]:
+        if request.mode == "dense":
             return dense
-        if mode == "lexical":
+        if request.mode == "lexical":
             return lexical
+        dense_weight, lexical_weight = self.settings.fusion_weights(request.query)
         if self.settings.fusion == "convex":
-            return convex_fusion([(dense, self.settings.dense_weight), (lexical, self.settings.lexical_weight)])
-        rankings = [([cid for cid, _ in dense], self.settings.dense_weight), ([cid for cid, _ in lexical], self.settings.lexical_weight)]
+            return convex_fusion([(dense, dense_weight), (lexical, lexical_weight)])
+        rankings = [([cid for cid, _ in dense], dense_weight), ([cid for cid, _ in lexical], lexical_weight)]
         return reciprocal_rank_fusion(rankings, self.settings.rrf_k)
 
     def _diversify(self, snapshot: IndexSnapshot, request: RetrievalRequest, ranked: list[tuple[str, float]]) -> list[tuple[str, float]]:

@@ -95,7 +95,7 @@ _QUERY_VECTORS: dict[str, np.ndarray] = {}
 @pytest.fixture(scope="module")
 def served_rrf(served: HybridRetriever) -> HybridRetriever:
     """The same version, fused by weighted reciprocal rank fusion instead of the default."""
-    retriever = HybridRetriever(served.index, RetrievalSettings(fusion="rrf", dense_weight=1.0, lexical_weight=0.5))
+    retriever = HybridRetriever(served.index, RetrievalSettings(fusion="rrf", dense_weight=1.0, lexical_weight=0.5, short_query_words=0))
     assert retriever.maybe_reload() is True
     return retriever
 
@@ -270,12 +270,14 @@ def test_hybrid_scores_follow_the_configured_fusion(served: HybridRetriever, ser
     dense, _ = served.retrieve(RetrievalRequest.resolve(served.settings, query=query, vector=vector, top_k=1, mode="dense"))
     lexical, _ = served.retrieve(RetrievalRequest.resolve(served.settings, query=query, top_k=1, mode="lexical"))
     assert dense[0].chunk_id == lexical[0].chunk_id == "it/security-faq.txt#0"  # first in both lists
-    convex_retriever = HybridRetriever(served.index, RetrievalSettings(fusion="convex", dense_weight=0.7, lexical_weight=0.2))
-    convex_retriever.maybe_reload()
-    convex, _ = convex_retriever.retrieve(
-        RetrievalRequest.resolve(convex_retriever.settings, query=query, vector=vector, top_k=1, mode="hybrid")
-    )
-    assert convex[0].score == pytest.approx(0.7 + 0.2)  # best in both lists: normalised to 1 in each
+    settings = RetrievalSettings(fusion="convex", dense_weight=0.7, lexical_weight=0.2, short_query_dense_weight=0.45)
+    for short_query_words, weights in ((0, 0.7 + 0.2), (5, 0.45 + 0.5)):  # the query has 5 words
+        convex_retriever = HybridRetriever(served.index, settings.model_copy(update={"short_query_words": short_query_words}))
+        convex_retriever.maybe_reload()
+        convex, _ = convex_retriever.retrieve(
+            RetrievalRequest.resolve(convex_retriever.settings, query=query, vector=vector, top_k=1, mode="hybrid")
+        )
+        assert convex[0].score == pytest.approx(weights)  # best in both lists: normalised to 1 in each
     rrf, _ = served_rrf.retrieve(RetrievalRequest.resolve(served_rrf.settings, query=query, vector=vector, top_k=1, mode="hybrid"))
     assert rrf[0].score == pytest.approx(1.0 / (60 + 1) + 0.5 / (60 + 1))
 
