@@ -176,6 +176,13 @@ class ParseAndChunk:
                 else:
                     segment = replace(segment, text=text)
                 pii.update(found)
+                # A heading is stored with each chunk and indexed in front of it (contextual text).
+                heading = segment.location.heading
+                if heading:
+                    redacted, found = self._redact(heading)
+                    if redacted != heading:
+                        segment = replace(segment, location=replace(segment.location, heading=redacted))
+                        pii.update(found)
                 segments.append(segment)
             chunks = self.chunker.chunk_segments(segments)
             if not chunks:

@@ -408,6 +408,13 @@ def source_name_for(folder: Path, name: str | None) -> str:
     return chosen
 
 
+def recorded_chunking(info: VersionInfo) -> dict[str, Any]:
+    """A version's chunking record as today's settings write it. Releases before parse signatures
+    kept the PII settings here (they now live per file); versions from before contextual text
+    embedded the plain chunk text."""
+    return {"contextual": False, **{k: v for k, v in info.chunking.items() if k != "pii"}}
+
+
 class IngestRun:
     def __init__(
         self,
@@ -545,8 +552,10 @@ class IngestRun:
             mine = {self.source_name, LEGACY_SOURCE} if self.adopting else {self.source_name}
             others = {key for key, entry in previous_manifest.files.items() if entry.source not in mine}
             others |= {doc_key(own[p].source, p) for p in absent_kept}
-            # Other sources' files are not at hand: on a model change their stored chunk text is embedded again.
-            reembed = self._load_model() if current is not None and not same_vector_space(current.model_spec, spec) else None
+            # Other sources' files are not at hand: when the vectors change (another model, or
+            # contextual text turned on or off) their stored chunk text is embedded again, so that
+            # each chunk's vector is of the text its version's BM25 reads.
+            reembed = self._load_model() if self._vectors_change(current, spec) else None
             carried = self._carry_over(builder, current, keep | others, reembed)
             manifest = Manifest({**carried, **{doc_key(e.source, e.path): e for e in new_entries.values()}})
             info = builder.commit(manifest)
@@ -628,6 +637,12 @@ class IngestRun:
             s.embedding_model, "cpu", s.embedding_query_instruction, s.hub_probe_timeout_s, torch_threads=1, backend=s.embedding_backend
         )
 
+    def _vectors_change(self, current: VersionInfo | None, spec: EmbeddingModelSpec) -> bool:
+        if current is None:
+            return False
+        contextual_changed = recorded_chunking(current)["contextual"] != self.settings.chunking.contextual
+        return contextual_changed or not same_vector_space(current.model_spec, spec)
+
     def _full_rebuild_reason(self, current: VersionInfo | None, spec: EmbeddingModelSpec) -> str | None:
         if current is None:
             return None
@@ -635,8 +650,7 @@ class IngestRun:
             return "--full requested"
         if not same_vector_space(current.model_spec, spec):
             return f"embedding model changed from {current.model_spec.label()} to {spec.label()}"
-        # Releases before parse signatures kept the PII settings here; they now live per file.
-        if {k: v for k, v in current.chunking.items() if k != "pii"} != chunking_record(self.settings):
+        if recorded_chunking(current) != chunking_record(self.settings):
             return "chunking settings changed"
         return None
 

@@ -363,7 +363,9 @@ def chroma_metadata(row: dict[str, Any]) -> dict[str, Any]:
         metadata[DOCUMENT_TITLE_KEY] = row["title"]
     metadata.update(chunk_location(row).to_metadata())
     for key, value in json.loads(row["metadata"] or "{}").items():
-        metadata.setdefault(key, value)
+        # Sidecars written before a key was reserved (doc_title) never stand in for the service's own.
+        if key not in RESERVED_METADATA_KEYS:
+            metadata.setdefault(key, value)
     return metadata
 
 

@@ -10,15 +10,17 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
 from ingest_jobs.index import EXIT_LOCKED, EXIT_USAGE
 from ingest_jobs.pipeline import make_chunk_id
+from rag_core.contextual import indexed_text
 from rag_core.embedding import PACKAGED_MINILM, EmbeddingModel, packaged_minilm_path
 from rag_core.index_reader import IndexReader
-from rag_core.index_store import VERSION_INFO_FILE, VersionedIndex
+from rag_core.index_store import VERSION_INFO_FILE, VersionedIndex, read_parquet_version
 from tests.conftest import REPO_ROOT, SAMPLES_DIR
 from tests.integration.conftest import ingest_env, pdf_expectations, run_ingest, submit_ingest_job
 from tests.local_cluster import ChromaServer
@@ -188,7 +190,11 @@ def test_several_named_sources_live_in_one_index_and_an_old_index_is_adopted_wit
     more.mkdir()
     (docs / "a.txt").write_text("The zebra enclosure door code is ORCHID-7741.\n")
     (docs / "b.txt").write_text("Project Falcon launches on 12 March with three satellites.\n")
-    (more / "a.txt").write_text("The heron station opens in May; the same file name in another folder.\n")
+    # Several chunks under a title line: all but the first are embedded with the title in front.
+    notes = " ".join(f"Heron count {i}: {i * 7} birds were seen near the reed beds that morning." for i in range(20))
+    (more / "a.txt").write_text(
+        f"Heron station notes\n\nThe heron station opens in May; the same file name in another folder.\n\n{notes}\n"
+    )
     first = run_ingest(index_dir, ray_cluster, "--source", str(docs))
     assert first.returncode == 0 and first.summary["source"] == "docs" and first.summary["sources"] == {"docs": 2}
     as_index_from_before_sources(index_dir)
@@ -222,6 +228,16 @@ def test_several_named_sources_live_in_one_index_and_an_old_index_is_adopted_wit
     assert s["sources"] == {"docs": 1, "more": 1} and s["files_indexed"] == 1
     assert VersionedIndex(index_dir).current_info().model_spec.name == model_folder
     assert any(h.metadata["source"] == "more" for h in search(index_dir, model, "When does the heron station open?"))
+    # Contextual text turned off: the other source's stored chunks are embedded again from their
+    # plain text, so that every vector is of the text the version's BM25 reads.
+    plain = run_ingest(index_dir, ray_cluster, "--source", str(docs), RAG_EMBEDDING_MODEL=model_folder, RAG_CHUNKING__CONTEXTUAL="false")
+    assert plain.returncode == 0 and plain.summary["full_rebuild_reason"] == "chunking settings changed", plain.summary
+    for version, contextual in ((rebuilt.summary["index_version"], True), (plain.summary["index_version"], False)):
+        table, _ = read_parquet_version(VersionedIndex(index_dir).parquet_dir(version))
+        rows = [r for r in table.to_pylist() if r["source"] == "more"]
+        assert len(rows) > 2 and {r["title"] for r in rows} == {"Heron station notes"}
+        texts = [indexed_text(r["text"], title=r["title"]) if contextual else r["text"] for r in rows]
+        assert np.allclose([r["embedding"] for r in rows], model.embed_documents(texts), atol=1e-4), version
     named = run_ingest(index_dir, ray_cluster, "--source", str(more), "--source-name", "../escape")
     assert named.returncode == EXIT_USAGE and "source name" in named.summary["error"]
 

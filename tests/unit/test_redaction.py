@@ -170,14 +170,21 @@ def test_person_names_are_reported_as_not_detectable_without_a_ner_model(redacto
 def test_the_parse_stage_stores_no_original_value_and_counts_per_file() -> None:
     body = "Contact: maria.lopez@example.com, card 4111 1111 1111 1111, SSN 536-22-8171.\n\nVacation policy: 27 days."
     config = replace(CONFIG, pii_mode="redact", pii_entities=ENTITIES, pii_score_threshold=PIISettings().score_threshold)
-    files = pa.Table.from_pylist([file_row("hr/contact.txt", body.encode(), "", {})])
+    # Headings and titles travel with every chunk (stored, and indexed in front of its text).
+    escalation = "# Escalations to jan.devries@example.org\n\nComplaints are answered within 5 days.\n"
+    files = pa.Table.from_pylist(
+        [file_row("hr/contact.txt", body.encode(), "", {}), file_row("hr/escalation.md", escalation.encode(), "", {})]
+    )
     rows = ParseAndChunk(config)(files).to_pylist()
     assert rows and all(not r["error"] for r in rows)
     stored = json.dumps(rows)
-    for value in ("maria.lopez@example.com", "4111 1111 1111 1111", "536-22-8171"):
+    for value in ("maria.lopez@example.com", "4111 1111 1111 1111", "536-22-8171", "jan.devries@example.org"):
         assert value not in stored
-    assert "27 days" in stored
-    assert {r["pii"] for r in rows} == {json.dumps({"CREDIT_CARD": 1, "EMAIL_ADDRESS": 1, "US_SSN": 1})}
+    assert "27 days" in stored and "answered within 5 days" in stored
+    per_file = {r["file"]: r["pii"] for r in rows}
+    assert per_file["hr/contact.txt"] == json.dumps({"CREDIT_CARD": 1, "EMAIL_ADDRESS": 1, "US_SSN": 1})
+    assert json.loads(per_file["hr/escalation.md"])["EMAIL_ADDRESS"] >= 1
+    assert any("Escalations to <EMAIL_ADDRESS>" in (r["location"] or "") for r in rows if r["file"] == "hr/escalation.md")
 
 
 def test_the_signature_names_the_configuration(redactor: PIIRedactor) -> None:
