@@ -54,3 +54,13 @@ def _decayed_sum(scores: Sequence[float], decay: float) -> float:
         if weight == 0:
             break
     return total
+
+
+def min_max_scaled(scores: Sequence[float]) -> list[float]:
+    """Scores mapped onto 0-1, best 1; all 1 when they are equal."""
+    if not scores:
+        return []
+    low, high = min(scores), max(scores)
+    if high == low:
+        return [1.0] * len(scores)
+    return [(score - low) / (high - low) for score in scores]

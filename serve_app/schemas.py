@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from serve_app.filters import FilterError, normalize_filter
 
@@ -54,14 +54,22 @@ class RetrieveRequest(_Request):
     top_k: int = Field(10, ge=1, le=100)
     mode: Literal["dense", "lexical", "hybrid"] | None = Field(None, description="Default: retrieval.mode from the settings.")
     rerank: bool | None = Field(None, description="Default: rerank.enabled from the settings.")
-    mmr: bool | None = Field(None, description="Diversify with maximal marginal relevance. Default: retrieval.mmr.")
+    mmr: bool | None = Field(
+        None, description="Diversify with maximal marginal relevance. Default: retrieval.mmr; never with group_by: document."
+    )
     group_by: Literal["chunk", "document"] = Field(
         "chunk",
         description="document: rank files by all their matching passages (retrieval.document_decay), return top_k of them in "
-        "`documents`, and each one's best passage in `results`.",
+        "`documents`, and each one's best passage in `results`. With rerank, only the reranked candidates form documents.",
     )
 
     _query_not_blank = field_validator("query")(classmethod(lambda cls, v: _not_blank(v)))
+
+    @model_validator(mode="after")
+    def _mmr_ranks_chunks(self) -> RetrieveRequest:
+        if self.mmr and self.group_by == "document":
+            raise ValueError("mmr diversifies chunks; with group_by: document each result is already another document")
+        return self
 
 
 class SourceLocation(BaseModel):

@@ -21,7 +21,7 @@ from rag_core.contextual import DOCUMENT_TITLE_KEY
 from rag_core.index_reader import RetrievedChunk
 from rag_core.index_store import VersionedIndex
 from serve_app.cache import AnswerCache, CacheHit, CacheScope, CacheUnavailable, pipeline_identity
-from serve_app.document_ranking import rank_documents
+from serve_app.document_ranking import min_max_scaled, rank_documents
 from serve_app.faithfulness import answer_sentences, supported_share
 from serve_app.generation import ABSTAIN_ANSWER, MODE_DEGRADED, MODE_GENERATIVE, Answer, llm_event
 from serve_app.metrics import NullMetrics, QueryMetrics
@@ -175,17 +175,23 @@ class QueryService:
     async def retrieve(self, request: RetrieveRequest, access: Access, clock: StageClock | None = None) -> RetrieveResponse:
         clock = clock or StageClock()
         by_document = request.group_by == "document"
+        top_k = request.top_k
+        if by_document:
+            # Documents are formed from the candidates: the fused ones, or, when reranking, only
+            # those the reranker scores (a cross-encoder over 100 passages would take seconds).
+            rerank = self.settings.rerank.enabled if request.rerank is None else request.rerank
+            top_k = max(top_k, self.settings.rerank.candidates if rerank else self.settings.retrieval.document_candidates)
         got = await self._retrieve(
             access,
             query=request.query,
-            top_k=max(request.top_k, self.settings.retrieval.document_candidates) if by_document else request.top_k,
+            top_k=top_k,
             where=request.filters,
             mode=request.mode,
             rerank=request.rerank,
-            mmr=request.mmr,
+            mmr=False if by_document else request.mmr,  # MMR diversifies chunks; documents are distinct already
             clock=clock,
         )
-        documents = self._rank_documents(got.chunks, request.top_k) if by_document else None
+        documents = self._rank_documents(got.chunks, request.top_k, reranked=got.reranker is not None) if by_document else None
         return RetrieveResponse(
             results=[document.passages[0] for document in documents] if documents is not None else to_sources(got.chunks),
             documents=documents,
@@ -195,9 +201,12 @@ class QueryService:
             latency_ms=round(clock.total_ms(), 2),
         )
 
-    def _rank_documents(self, chunks: list[RetrievedChunk], top_k: int) -> list[RetrievedDocument]:
+    def _rank_documents(self, chunks: list[RetrievedChunk], top_k: int, *, reranked: bool) -> list[RetrievedDocument]:
+        # A cross-encoder's scores are logits, often negative, where a further passage would lower
+        # its document's sum: they are min-max scaled over the candidates first.
+        scores = min_max_scaled([chunk.score for chunk in chunks]) if reranked else [chunk.score for chunk in chunks]
         ranked = rank_documents(
-            ((chunk, chunk.score) for chunk in chunks),
+            zip(chunks, scores),
             key=lambda chunk: (chunk.metadata.get("source") or None, chunk.file),
             decay=self.settings.retrieval.document_decay,
             top_k=top_k,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from serve_app.document_ranking import rank_documents
+from serve_app.document_ranking import min_max_scaled, rank_documents
 
 # (chunk, score) in retrieval order; a chunk names its document before the '#'.
 FUSED = [("a#0", 0.9), ("b#0", 0.8), ("b#1", 0.7), ("c#0", 0.6), ("b#2", 0.5), ("a#1", 0.1)]
@@ -39,3 +39,8 @@ def test_chunks_arriving_out_of_order_are_summed_best_first_and_ties_keep_first_
 def test_a_decay_outside_zero_to_one_is_refused(decay: float) -> None:
     with pytest.raises(ValueError, match="decay"):
         rank_documents(FUSED, key=document, decay=decay)
+
+
+def test_min_max_scaling_puts_logits_on_zero_to_one() -> None:
+    assert min_max_scaled([-2.0, -6.0, 2.0]) == [0.5, 0.0, 1.0]
+    assert min_max_scaled([0.3, 0.3]) == [1.0, 1.0] and min_max_scaled([]) == []

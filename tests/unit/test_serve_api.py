@@ -201,6 +201,14 @@ def test_retrieve_by_document_ranks_files_by_all_their_passages(client: TestClie
         assert d["score"] == pytest.approx(sum(s * 0.3**i for i, s in enumerate(scores)), abs=1e-5)
     assert body["results"] == [d["passages"][0] for d in documents]  # one passage per document, its best
 
+    # Reranked (here the documented fallback scorer), documents sum the candidates' scores scaled to 0-1.
+    query = {"query": "vacation days and vacation requests", "top_k": 5, "group_by": "document", "rerank": True}
+    reranked = client.post("/v1/retrieve", json=query).json()
+    assert reranked["reranker"] == "fallback:retrieval-order"
+    assert reranked["documents"][0]["score"] >= 1.0 and all(0 <= d["score"] <= 1 / 0.7 for d in reranked["documents"])
+    mmr = client.post("/v1/retrieve", json={**query, "mmr": True})
+    assert mmr.status_code == 422 and "group_by: document" in mmr.text
+
 
 # -- query ----------------------------------------------------------------------------------------
 def test_query_answers_extractively_with_sources_and_echoes_the_request_id(client: TestClient) -> None:
