@@ -58,7 +58,7 @@ class ParseConfig:
     pii_spacy_model: str | None = None
     ocr: OCRSettings | None = None  # None: no OCR
     pdf_tables: bool = True
-    contextual: bool = True  # chunks are embedded with their title and heading (rag_core.contextual)
+    contextual: bool = False  # chunks are embedded with their title and heading (rag_core.contextual)
 
 
 def ocr_factory(settings: OCRSettings | None) -> Any:
@@ -296,7 +296,7 @@ class EmbedChunks:
     Also the Ray Data actor class: one model load per actor, reused across batches."""
 
     def __init__(
-        self, spec: dict[str, Any], device: str = "auto", torch_threads: int | None = None, batch_size: int = 64, contextual: bool = True
+        self, spec: dict[str, Any], device: str = "auto", torch_threads: int | None = None, batch_size: int = 64, contextual: bool = False
     ):
         # Ray sets OMP_NUM_THREADS to the actor's CPU reservation (1), which halves CPU throughput
         # on a 2-core node; the thread count is set explicitly instead.

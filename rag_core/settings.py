@@ -40,9 +40,9 @@ class ChunkingSettings(BaseModel):
         description="Split points tried in order; '' means a hard cut.",
     )
     contextual: bool = Field(
-        True,
+        False,
         description="Embed and BM25-index each chunk with its document's title and section heading in front "
-        "(rag_core.contextual); the stored and returned text stays the chunk's own.",
+        "(rag_core.contextual); the stored and returned text stays the chunk's own. Off by default (README).",
     )
 
     @model_validator(mode="after")

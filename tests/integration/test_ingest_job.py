@@ -228,11 +228,11 @@ def test_several_named_sources_live_in_one_index_and_an_old_index_is_adopted_wit
     assert s["sources"] == {"docs": 1, "more": 1} and s["files_indexed"] == 1
     assert VersionedIndex(index_dir).current_info().model_spec.name == model_folder
     assert any(h.metadata["source"] == "more" for h in search(index_dir, model, "When does the heron station open?"))
-    # Contextual text turned off: the other source's stored chunks are embedded again from their
-    # plain text, so that every vector is of the text the version's BM25 reads.
-    plain = run_ingest(index_dir, ray_cluster, "--source", str(docs), RAG_EMBEDDING_MODEL=model_folder, RAG_CHUNKING__CONTEXTUAL="false")
-    assert plain.returncode == 0 and plain.summary["full_rebuild_reason"] == "chunking settings changed", plain.summary
-    for version, contextual in ((rebuilt.summary["index_version"], True), (plain.summary["index_version"], False)):
+    # Contextual text turned on: the other source's stored chunks are embedded again with their
+    # title in front, so that every vector is of the text the version's BM25 reads.
+    on = run_ingest(index_dir, ray_cluster, "--source", str(docs), RAG_EMBEDDING_MODEL=model_folder, RAG_CHUNKING__CONTEXTUAL="true")
+    assert on.returncode == 0 and on.summary["full_rebuild_reason"] == "chunking settings changed", on.summary
+    for version, contextual in ((rebuilt.summary["index_version"], False), (on.summary["index_version"], True)):
         table, _ = read_parquet_version(VersionedIndex(index_dir).parquet_dir(version))
         rows = [r for r in table.to_pylist() if r["source"] == "more"]
         assert len(rows) > 2 and {r["title"] for r in rows} == {"Heron station notes"}

@@ -151,5 +151,5 @@ def test_chunk_rows_carry_the_title_and_are_embedded_with_it() -> None:
 
 
 def test_the_setting_is_part_of_the_chunking_record_so_changing_it_rebuilds_the_index() -> None:
-    assert chunking_record(RAGSettings())["contextual"] is True
-    assert chunking_record(RAGSettings(chunking={"contextual": False}))["contextual"] is False
+    assert chunking_record(RAGSettings())["contextual"] is False  # off by default: see README, Retrieval quality
+    assert chunking_record(RAGSettings(chunking={"contextual": True}))["contextual"] is True
