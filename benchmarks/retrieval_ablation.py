@@ -229,7 +229,7 @@ def main() -> None:
         "contextual + RM3 (10 docs, 10 terms)": hybrid("contextual", "contextual", prf=True),
         "contextual, dense weight 0.5": hybrid("contextual", "contextual", 0.5),
         "contextual, dense weight 0.7": hybrid("contextual", "contextual", 0.7),
-        "shipped: contextual, short queries 0.5 / 0.5": hybrid(
+        "contextual, short queries 0.5 / 0.5 (the default fusion)": hybrid(
             "contextual", "contextual", short_dense_weight=retrieval.short_query_dense_weight
         ),
         "contextual, short queries dense 0.7": hybrid("contextual", "contextual", short_dense_weight=0.7),
