@@ -80,12 +80,11 @@ def main() -> None:
 
     print(f"{args.split}: {len(queries)} queries; dense {score(dense)}  lexical {score(lexical)}")
     if args.bm25_grid:
-        from rag_core.contextual import chunk_indexed_text
+        from rag_core.contextual import version_indexed_texts
         from serve_app.retrieval import LexicalIndex
 
-        texts = snapshot.texts
-        if snapshot.info.chunking.get("contextual"):  # BM25 reads what the version was indexed by
-            texts = [chunk_indexed_text(text, metadata) for text, metadata in zip(snapshot.texts, snapshot.metadatas)]
+        contextual = bool(snapshot.info.chunking.get("contextual"))
+        texts = version_indexed_texts(snapshot.texts, snapshot.metadatas, contextual=contextual)
         for k1, b in itertools.product([0.6, 0.9, 1.2, 1.5], [0.3, 0.5, 0.75, 0.9]):
             lexical_index = LexicalIndex(texts, k1, b, settings.retrieval.bm25_stemmer)
             scored = {q: [(snapshot.chunk_ids[p], v) for p, v in lexical_index.top(t, depth)] for q, t in queries.items()}

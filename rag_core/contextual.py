@@ -6,7 +6,7 @@ that back to both searches. The stored text, citations and answers are unchanged
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from rag_core.location import Location
@@ -35,6 +35,14 @@ def indexed_text(text: str, *, title: str | None = None, heading: str | None = N
         title = ""
     context = [part for part in (title, " > ".join(path)) if part]
     return "\n".join([*context, text]) if context else text
+
+
+def version_indexed_texts(texts: Sequence[str], metadatas: Sequence[Mapping[str, Any]], *, contextual: bool) -> list[str]:
+    """A version's stored chunks as its BM25 reads them: the text they were embedded by, which its
+    chunking record's `contextual` says."""
+    if not contextual:
+        return list(texts)
+    return [chunk_indexed_text(text, metadata) for text, metadata in zip(texts, metadatas)]
 
 
 def chunk_indexed_text(text: str, metadata: Mapping[str, Any]) -> str:

@@ -24,7 +24,7 @@ import bm25s
 import numpy as np
 
 from rag_core.access import combine
-from rag_core.contextual import chunk_indexed_text
+from rag_core.contextual import version_indexed_texts
 from rag_core.index_reader import RetrievedChunk
 from rag_core.index_store import IndexStoreError, VersionedIndex, VersionInfo
 from rag_core.memory import release_free_memory
@@ -228,11 +228,7 @@ class HybridRetriever:
         info = self.index.info(version)
         chunk_ids, texts, metadatas = self.index.chunk_rows(version)
         client, collection = self.index.backend.open(version)
-        # BM25 reads the text the version's chunks were embedded by (its chunking record says which).
-        if info.chunking.get("contextual"):
-            indexed = [chunk_indexed_text(text, metadata) for text, metadata in zip(texts, metadatas)]
-        else:
-            indexed = texts
+        indexed = version_indexed_texts(texts, metadatas, contextual=bool(info.chunking.get("contextual")))
         lexical = LexicalIndex(indexed, self.settings.bm25_k1, self.settings.bm25_b, self.settings.bm25_stemmer)
         positions = {chunk_id: i for i, chunk_id in enumerate(chunk_ids)}
         return IndexSnapshot(info, client, collection, lexical, chunk_ids, texts, metadatas, positions)

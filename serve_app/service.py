@@ -175,11 +175,11 @@ class QueryService:
     async def retrieve(self, request: RetrieveRequest, access: Access, clock: StageClock | None = None) -> RetrieveResponse:
         clock = clock or StageClock()
         by_document = request.group_by == "document"
+        rerank = self.settings.rerank.enabled if request.rerank is None else request.rerank
         top_k = request.top_k
         if by_document:
             # Documents are formed from the candidates: the fused ones, or, when reranking, only
             # those the reranker scores (a cross-encoder over 100 passages would take seconds).
-            rerank = self.settings.rerank.enabled if request.rerank is None else request.rerank
             top_k = max(top_k, self.settings.rerank.candidates if rerank else self.settings.retrieval.document_candidates)
         got = await self._retrieve(
             access,
@@ -187,7 +187,7 @@ class QueryService:
             top_k=top_k,
             where=request.filters,
             mode=request.mode,
-            rerank=request.rerank,
+            rerank=rerank,
             mmr=False if by_document else request.mmr,  # MMR diversifies chunks; documents are distinct already
             clock=clock,
         )
