@@ -30,6 +30,7 @@ import hashlib
 import json
 import logging
 import re
+import sys
 from collections import Counter
 from collections.abc import Iterable
 from functools import lru_cache
@@ -385,6 +386,7 @@ class PIIRedactor:
         self.signature = redactor_signature(mode, self.requested, score_threshold, spacy_model)
         if mode == "off":
             return
+        _import_presidio(spacy_model)
         from presidio_analyzer import AnalyzerEngine, RecognizerRegistry
         from presidio_analyzer.context_aware_enhancers import LemmaContextAwareEnhancer
         from presidio_anonymizer import AnonymizerEngine
@@ -483,6 +485,34 @@ def _nlp_engine(spacy_model: str | None) -> Any:
     engine = ContextSpacyEngine(models=[{"lang_code": "en", "model_name": spacy_model or "blank"}])
     engine.load()
     return engine
+
+
+# Imported at presidio_analyzer's import for NER engines this redactor never builds without a
+# transformer spaCy model: thinc (spaCy) probes torch, and presidio's Hugging Face token pipe imports
+# transformers' pipelines. That took 7-11 s in each fresh parse worker of every ingest job (rules
+# and a blank spaCy pipeline, the default, need neither); without them, presidio imports in ~1 s.
+_ML_FRAMEWORKS = ("torch", "transformers")
+
+
+def _import_presidio(spacy_model: str | None) -> None:
+    """presidio_analyzer imported once per process, without torch and transformers unless a spaCy
+    model is configured (a transformer pipeline such as en_core_web_trf needs both) or they are
+    loaded already (then they cost nothing)."""
+    if "presidio_analyzer" in sys.modules or spacy_model:
+        return
+    # A None entry in sys.modules makes `import torch` raise ImportError, which thinc and presidio
+    # handle as "not installed"; the entries are removed right after, so later imports work. Only
+    # thinc keeps believing torch absent in this process, which a blank pipeline never asks about.
+    # Parse workers build redactors on their task thread, where nothing else imports meanwhile.
+    blocked = [name for name in _ML_FRAMEWORKS if name not in sys.modules]
+    for name in blocked:
+        sys.modules[name] = None  # type: ignore[assignment]
+    try:
+        import presidio_analyzer  # noqa: F401
+    finally:
+        for name in blocked:
+            if sys.modules.get(name, 0) is None:
+                del sys.modules[name]
 
 
 @lru_cache(maxsize=4)

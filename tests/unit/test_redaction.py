@@ -218,3 +218,24 @@ def test_precision_and_recall_per_type_on_the_labelled_set(redactor: PIIRedactor
     assert table["ALL"]["false_positives"] == 0
     real = evaluate(redactor, [item for item in labelled if item.get("source")])
     assert real["ALL"]["false_positives"] == 0 and real["ALL"]["recall"] >= 0.85, real["ALL"]
+
+
+def test_a_fresh_worker_builds_the_default_redactor_without_torch_or_transformers() -> None:
+    """A parse worker pays presidio's import once per process: without a spaCy model it must not
+    drag in torch and transformers (7-11 s), and both still import afterwards in that process."""
+    import subprocess
+
+    script = (
+        "import sys\n"
+        "from ingest_jobs.redaction import shared_redactor\n"
+        "redactor = shared_redactor('redact', ('EMAIL_ADDRESS', 'CREDIT_CARD'), 0.4, None)\n"
+        "text, counts = redactor.redact('Write to jane.doe@example.com, card 4111 1111 1111 1111.')\n"
+        "loaded = sorted(name for name in ('torch', 'transformers') if name in sys.modules)\n"
+        "import torch, transformers\n"
+        "print(text, sorted(counts.items()), loaded, torch.tensor([1.0]).item())\n"
+    )
+    process = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert process.stdout.split("\n")[0] == (
+        "Write to <EMAIL_ADDRESS>, card <CREDIT_CARD>. [('CREDIT_CARD', 1), ('EMAIL_ADDRESS', 1)] [] 1.0"
+    ), process.stdout
