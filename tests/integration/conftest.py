@@ -322,7 +322,11 @@ def bearer(name: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {SECRET[name]}"}
 
 
-@pytest.fixture(scope="session")
+# Per module: the document API's and the web page's tests are modules apart. Kept for the session, the
+# app's five idle replicas (polling their index every 0.5 s) used about 1.5% of a core each for
+# the hour in between (`ps`: ~22 CPU s per replica over its first 20 minutes), several minutes of
+# CPU against the ~20 s of a second deployment.
+@pytest.fixture(scope="module")
 def uploads_service(tmp_path_factory, samples_index_template, serve_http):
     """(base URL, index dir) of the graph as configs/rag.yaml builds it, with API keys (UPLOAD_KEYS),
     over a copy of the samples index, for the document API and the web page; uploads wait 1 s for
