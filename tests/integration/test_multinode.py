@@ -212,7 +212,7 @@ def test_a_new_version_reaches_replicas_on_every_node(multinode, corpus, served)
     assert all(a["sources"][0]["file"] == "kestrel.txt" for a in answers)
 
 
-# Last in this module on purpose: it takes a worker node away for good. 44 pages: enough for the job
+# Last in this module on purpose: it takes a worker node away for good. 45 pages: enough for the job
 # to be parsing and embedding on both workers when one is killed (its embedding actors alone take
 # about 10 s to start), without a 117-page book the rerun then embeds on the one node left.
 MORE_PDFS = [
