@@ -79,7 +79,9 @@ def single_process_loop(settings, source: Path) -> int:
     """The plain loop: scan, then per file parse + chunk, embed, write; one process, all cores."""
     scan = SourceScanner(settings.ingest.extensions, int(settings.ingest.max_file_mb * 2**20)).scan(source)
     model = EmbeddingModel.from_setting(settings.embedding_model, "cpu", settings.embedding_query_instruction)
-    embed = EmbedChunks(model.spec.to_dict(), "cpu", settings.ingest.embed_torch_threads or node_cores(), settings.ingest.embed_batch_size)
+    threads = settings.ingest.embed_torch_threads or node_cores()
+    # The same text the job embeds (contextual text when the settings turn it on).
+    embed = EmbedChunks(model.spec.to_dict(), "cpu", threads, settings.ingest.embed_batch_size, contextual=settings.chunking.contextual)
     index = VersionedIndex.from_settings(settings)
     builder = index.begin(model.spec, settings.chunking.model_dump(), parent=None)
     parse = ParseAndChunk(
