@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Sequence
@@ -130,9 +131,15 @@ def query_prefix_for(model_name: str, instruction_setting: str) -> str:
     return BGE_QUERY_INSTRUCTION if "bge-" in lowered and "-en" in lowered else ""
 
 
+# What torch.cuda.is_available() needs on Linux: NVIDIA's kernel driver, ROCm's, or WSL's GPU device.
+_GPU_DRIVER_PATHS = ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/kfd", "/dev/dxg")
+
+
 def resolve_device(device_setting: str) -> str:
     if device_setting != "auto":
         return device_setting
+    if sys.platform.startswith("linux") and not any(os.path.exists(path) for path in _GPU_DRIVER_PATHS):
+        return "cpu"  # no GPU driver: torch would say the same, after a multi-second import
     import torch
 
     return "cuda" if torch.cuda.is_available() else "cpu"
@@ -159,15 +166,23 @@ class EmbeddingModel:
     `torch_threads` also sets ONNX Runtime's threads for the onnx backends."""
 
     def __init__(self, spec: EmbeddingModelSpec, device: str = "cpu", torch_threads: int | None = None, backend: str | None = None):
-        if torch_threads:
-            import torch
-
-            torch.set_num_threads(torch_threads)
         self.spec = spec
         self.device = device
-        self._model, self.backend = _load_encoder(
-            spec.weights_location(), device, True, _runnable_on(device, backend_for(spec, backend)), torch_threads
-        )
+        running = _runnable_on(device, backend_for(spec, backend))
+        precision_of(running)  # refuses an unknown backend before loading anything
+        folder = _local_folder(spec)
+        recorded = _load_recorded_onnx(folder, device, running, torch_threads)
+        # "onnx-without-torch": the recorded export and tokenizer of this exact folder (see
+        # embedding_onnx); "sentence-transformers": loaded through the library, torch imported.
+        self.loader = "onnx-without-torch" if recorded is not None else "sentence-transformers"
+        if recorded is not None:
+            self._model, self.backend = recorded, running
+        else:
+            if torch_threads:
+                import torch
+
+                torch.set_num_threads(torch_threads)
+            self._model, self.backend = _load_encoder(spec.weights_location(), device, True, running, torch_threads, folder)
         dimension = _dimension_of(self._model)
         if dimension != spec.dimension:
             raise EmbeddingModelError(
@@ -203,6 +218,7 @@ class EmbeddingModel:
         )
         instance = cls.__new__(cls)
         instance.spec, instance.device, instance.backend, instance._model = spec, device, running, model
+        instance.loader = "sentence-transformers"
         return instance
 
     def embed_documents(self, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
@@ -250,12 +266,36 @@ def _runnable_on(device: str, backend: str) -> str:
     return BACKEND_TORCH
 
 
-def _load_encoder(location: str, device: str, local_only: bool, backend: str, threads: int | None) -> tuple[Any, str]:
+def _local_folder(spec: EmbeddingModelSpec) -> Path | None:
+    """The folder on this machine that a spec's weights load from, when it is one."""
+    if spec.source == SOURCE_HUB:
+        folder = cached_snapshot(spec.name)
+        return Path(folder) if folder is not None else None
+    path = Path(spec.weights_location())
+    return path if path.is_dir() else None
+
+
+def _load_recorded_onnx(folder: Path | None, device: str, backend: str, threads: int | None) -> Any:
+    """The folder's recorded ONNX export and tokenizer (`embedding_onnx.load_recorded`), or None."""
+    if folder is None or backend == BACKEND_TORCH or device != "cpu":
+        return None
+    try:
+        from rag_core.embedding_onnx import load_recorded
+
+        return load_recorded(folder, quantized=backend == BACKEND_ONNX_INT8, threads=threads)
+    except Exception as exc:  # an unreadable entry or export: the library path loads it properly
+        log.warning("embedding model: the recorded ONNX export cannot be loaded (%s); loading through sentence-transformers", exc)
+        return None
+
+
+def _load_encoder(
+    location: str, device: str, local_only: bool, backend: str, threads: int | None, folder: Path | None = None
+) -> tuple[Any, str]:
     precision_of(backend)
-    return _on_backend(_load_sentence_transformer(location, device, local_only), device, backend, threads)
+    return _on_backend(_load_sentence_transformer(location, device, local_only), device, backend, threads, folder)
 
 
-def _on_backend(model: Any, device: str, backend: str, threads: int | None) -> tuple[Any, str]:
+def _on_backend(model: Any, device: str, backend: str, threads: int | None, folder: Path | None = None) -> tuple[Any, str]:
     """The loaded sentence-transformers model as `backend` runs it, and the backend that runs it.
 
     An onnx backend runs the model's ONNX export (made and cached on first use) on ONNX Runtime.
@@ -264,12 +304,15 @@ def _on_backend(model: Any, device: str, backend: str, threads: int | None) -> t
     vectors are the same. int8 has no such fallback, since torch vectors are another vector space."""
     if backend == BACKEND_TORCH:
         return model, backend
-    from rag_core.embedding_onnx import OnnxSentenceEncoder, ensure_exported
+    from rag_core.embedding_onnx import OnnxSentenceEncoder, ensure_exported, model_tokenizer, record_folder
 
     on_cpu = model.to("cpu") if device != "cpu" else model  # the export traces on CPU
     try:
         path, _ = ensure_exported(on_cpu, quantized=backend == BACKEND_ONNX_INT8)
-        return OnnxSentenceEncoder(on_cpu, path, threads, device), backend
+        encoder = OnnxSentenceEncoder(model_tokenizer(on_cpu), path, threads, device)
+        if folder is not None:
+            record_folder(on_cpu, folder, path)  # the next load of this folder skips torch
+        return encoder, backend
     except Exception as exc:
         if backend != BACKEND_ONNX:
             if isinstance(exc, ImportError):
@@ -359,7 +402,7 @@ def _require_onnx(backend: str) -> None:
         raise EmbeddingModelError(f"embedding backend {backend!r} needs onnx, onnxscript and onnxruntime: {', '.join(missing)} missing")
 
 
-def _cached_snapshot(model_id: str) -> str | None:
+def cached_snapshot(model_id: str) -> str | None:
     """The local Hugging Face cache's folder of `model_id`, or None."""
     from huggingface_hub import snapshot_download
 
@@ -373,14 +416,14 @@ def _locate_local(setting: str, probe_timeout_s: float) -> tuple[str, str, str] 
     """(folder, spec name, source) as `_load_by_setting` would choose them, when the weights are
     on this machine; None when only a load can tell (a download, or an error to report)."""
     if setting == "auto":
-        if (folder := _cached_snapshot(BGE_SMALL)) is not None:
+        if (folder := cached_snapshot(BGE_SMALL)) is not None:
             return folder, BGE_SMALL, SOURCE_HUB
         if hub_reachable(probe_timeout_s):
             return None  # a load downloads it
         log.warning("embedding model 'auto': %s is not available (offline, not cached); using the packaged %s", BGE_SMALL, PACKAGED_MINILM)
         return packaged_minilm_path(), PACKAGED_MINILM, SOURCE_PACKAGE
     if setting == PACKAGED_MINILM:
-        if (folder := _cached_snapshot(setting)) is not None:
+        if (folder := cached_snapshot(setting)) is not None:
             return folder, setting, SOURCE_HUB
         return packaged_minilm_path(), PACKAGED_MINILM, SOURCE_PACKAGE
     path = Path(setting).expanduser()
@@ -388,7 +431,7 @@ def _locate_local(setting: str, probe_timeout_s: float) -> tuple[str, str, str] 
         return str(path.resolve()), str(path.resolve()), SOURCE_PATH
     if path.exists() or setting.startswith(("/", "./", "../", "~")):
         return None  # the load reports what is wrong with it
-    folder = _cached_snapshot(setting)
+    folder = cached_snapshot(setting)
     return (folder, setting, SOURCE_HUB) if folder is not None else None
 
 

@@ -129,10 +129,8 @@ class RerankerDeployment:
     def __init__(self, settings: RAGSettings):
         started = time.monotonic()
         configure_json_logging()
-        import torch
-
-        torch.set_num_threads(_torch_threads(settings))  # as in the Embedder: not Ray's 1 thread
-        self.reranker = Reranker(settings.rerank.model, "cuda" if settings.embedding_device.startswith("cuda") else "cpu")
+        device = "cuda" if settings.embedding_device.startswith("cuda") else "cpu"
+        self.reranker = Reranker(settings.rerank.model, device, threads=_torch_threads(settings))  # as in the Embedder
         self.startup_s = time.monotonic() - started
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.002)

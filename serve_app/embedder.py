@@ -58,7 +58,10 @@ class QueryEmbedder:
             if self._model is None or not same_vector_space(self._model.spec, spec):
                 try:
                     self._model = load_for_spec(spec, self.device, self.torch_threads, self.backend)
-                    log.info("embedding model loaded", extra={"fields": {"model": spec.name, "index_version": info.version}})
+                    log.info(
+                        "embedding model loaded",
+                        extra={"fields": {"model": spec.name, "index_version": info.version, "loader": self._model.loader}},
+                    )
                 except EmbeddingModelError as exc:
                     self.error = str(exc)
                     log.error("embedding model not loadable", extra={"fields": {"model": spec.name, "error": str(exc)}})

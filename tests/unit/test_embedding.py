@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 import socket
+import subprocess
+import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -35,8 +39,9 @@ from rag_core.embedding import (
     resolve_spec,
     same_vector_space,
 )
-from rag_core.embedding_onnx import ensure_exported, weights_fingerprint
+from rag_core.embedding_onnx import FOLDER_INDEX, ensure_exported, folder_fingerprint, record_folder, weights_fingerprint
 from rag_core.settings import load_settings
+from tests.conftest import REPO_ROOT, SHARED_DATA
 
 PACKAGED_SPEC = EmbeddingModelSpec(PACKAGED_MINILM, SOURCE_PACKAGE, 384, "")
 TEXTS = ["The cat sat on the mat.", "Ray Data runs the ingest pipeline.", "x"]
@@ -260,6 +265,12 @@ def int8_model(onnx_cache: Path, onnx_model: EmbeddingModel) -> EmbeddingModel:
     return load_for_spec(replace(PACKAGED_SPEC, backend=BACKEND_ONNX_INT8), device="cpu", torch_threads=1)
 
 
+@pytest.fixture(scope="module")
+def sentence_transformer():
+    """The packaged weights as sentence-transformers loads them (what the ONNX export traces)."""
+    return embedding._load_sentence_transformer(packaged_minilm_path(), "cpu", local_only=True)
+
+
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
@@ -293,9 +304,11 @@ def test_onnx_queries_get_the_spec_prefix(onnx_cache: Path, model: EmbeddingMode
     assert prefixed.embed_queries([]).shape == (0, 384)
 
 
-def test_the_export_is_cached_and_reused(onnx_cache: Path, onnx_model: EmbeddingModel, int8_model: EmbeddingModel, monkeypatch) -> None:
-    (folder,) = [p for p in onnx_cache.iterdir() if p.is_dir()]
-    assert folder.name == weights_fingerprint(onnx_model._model._model)
+def test_the_export_is_cached_and_reused(
+    onnx_cache: Path, onnx_model: EmbeddingModel, int8_model: EmbeddingModel, sentence_transformer, monkeypatch
+) -> None:
+    (folder,) = [p for p in onnx_cache.iterdir() if p.is_dir() and p.name != FOLDER_INDEX]
+    assert folder.name == weights_fingerprint(sentence_transformer)
     files = {p.name: p.stat().st_mtime_ns for p in folder.glob("*.onnx")}
     assert set(files) == {"model.onnx", "model-int8.onnx"}
     assert not list(folder.glob("*.tmp"))  # written under temporary names, then renamed
@@ -311,8 +324,8 @@ def test_the_export_is_cached_and_reused(onnx_cache: Path, onnx_model: Embedding
     assert {p.name: p.stat().st_mtime_ns for p in folder.glob("*.onnx")} == files
 
 
-def test_other_weights_or_settings_get_another_cache_folder(onnx_model: EmbeddingModel) -> None:
-    st = onnx_model._model._model  # the loaded SentenceTransformer behind the ONNX session
+def test_other_weights_or_settings_get_another_cache_folder(sentence_transformer) -> None:
+    st = sentence_transformer
     original = weights_fingerprint(st)
     weight = next(iter(st.parameters()))
     with torch.no_grad():
@@ -329,7 +342,7 @@ def test_other_weights_or_settings_get_another_cache_folder(onnx_model: Embeddin
         st.max_seq_length = length
 
 
-def test_concurrent_loaders_export_once(tmp_path: Path, onnx_model: EmbeddingModel, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_concurrent_loaders_export_once(tmp_path: Path, sentence_transformer, monkeypatch: pytest.MonkeyPatch) -> None:
     exports = []
 
     def slow_export(model: object, target: Path) -> None:
@@ -338,7 +351,7 @@ def test_concurrent_loaders_export_once(tmp_path: Path, onnx_model: EmbeddingMod
         target.write_bytes(b"onnx")
 
     monkeypatch.setattr(embedding_onnx, "_export_fp32", slow_export)
-    st = onnx_model._model._model
+    st = sentence_transformer
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(lambda _: ensure_exported(st, quantized=False, root=tmp_path), range(4)))
     assert len(exports) == 1
@@ -421,3 +434,85 @@ def test_fp32_onnx_on_a_gpu_without_the_cuda_provider_runs_as_torch(monkeypatch:
     assert embedding._runnable_on("cpu", BACKEND_ONNX) == BACKEND_ONNX
     monkeypatch.setattr(onnxruntime, "get_available_providers", lambda: ["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert embedding._runnable_on("cuda", BACKEND_ONNX) == BACKEND_ONNX
+
+
+# -- loading without torch ------------------------------------------------------------------------
+def scifact_texts(count: int) -> list[str]:
+    """Real abstracts (title and text, many longer than the 256-token limit) and real questions."""
+    folder = SHARED_DATA / "beir" / "scifact"
+    with (folder / "corpus.jsonl").open() as corpus:
+        documents = [f"{row['title']} {row['text']}" for row in map(json.loads, (next(corpus) for _ in range(count)))]
+    with (folder / "queries.jsonl").open() as queries:
+        questions = [json.loads(next(queries))["text"] for _ in range(count)]
+    return documents + questions + AGREEMENT_TEXTS
+
+
+LOAD_IN_A_FRESH_PROCESS = """
+import json, sys
+import numpy as np
+from rag_core.embedding import EmbeddingModelSpec, load_for_spec
+spec = EmbeddingModelSpec.from_dict(json.loads(sys.argv[1]))
+model = load_for_spec(spec, device="auto", torch_threads=1)
+np.save(sys.argv[3], model.embed_documents(json.loads(open(sys.argv[2]).read())))
+print(json.dumps({"loader": model.loader, "backend": model.backend, "device": model.device,
+                  "torch": "torch" in sys.modules, "transformers": "transformers" in sys.modules}))
+"""
+
+
+@pytest.mark.parametrize("backend", [BACKEND_ONNX, BACKEND_ONNX_INT8])
+def test_a_recorded_folder_loads_in_a_fresh_process_without_torch_and_gives_the_same_vectors(
+    backend: str, onnx_cache: Path, onnx_model: EmbeddingModel, int8_model: EmbeddingModel, tmp_path: Path
+) -> None:
+    # The fixtures loaded the packaged folder through sentence-transformers, which recorded it.
+    assert onnx_model.loader == "sentence-transformers" == int8_model.loader
+    texts = scifact_texts(300)
+    (tmp_path / "texts.json").write_text(json.dumps(texts))
+    process = subprocess.run(
+        [sys.executable, "-c", LOAD_IN_A_FRESH_PROCESS, json.dumps(replace(PACKAGED_SPEC, backend=backend).to_dict())]
+        + [str(tmp_path / "texts.json"), str(tmp_path / "vectors.npy")],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    loaded = json.loads(process.stdout.splitlines()[-1])
+    assert loaded == {"loader": "onnx-without-torch", "backend": backend, "device": "cpu", "torch": False, "transformers": False}
+    through_the_library = (onnx_model if backend == BACKEND_ONNX else int8_model).embed_documents(texts)
+    # The same graph fed the same token ids: the same vectors, on texts cut at 256 tokens too.
+    np.testing.assert_allclose(np.load(tmp_path / "vectors.npy"), through_the_library, atol=1e-6)
+
+
+def test_a_changed_folder_loads_through_sentence_transformers_and_is_recorded_again(
+    onnx_cache: Path, onnx_model: EmbeddingModel, tmp_path: Path
+) -> None:
+    folder = tmp_path / "minilm"
+    shutil.copytree(packaged_minilm_path(), folder)
+    spec = EmbeddingModelSpec(str(folder), SOURCE_PATH, 384, "", backend=BACKEND_ONNX)
+    identical = load_for_spec(spec, device="cpu")
+    assert identical.loader == "onnx-without-torch"  # the same files as the packaged folder
+    config = folder / "sentence_bert_config.json"
+    config.write_text(json.dumps({**json.loads(config.read_text()), "max_seq_length": 64}))
+    changed = load_for_spec(spec, device="cpu")
+    assert changed.loader == "sentence-transformers"
+    again = load_for_spec(spec, device="cpu")
+    assert again.loader == "onnx-without-torch"
+    long_text = [AGREEMENT_TEXTS[-1]]
+    np.testing.assert_allclose(again.embed_documents(long_text), changed.embed_documents(long_text), atol=1e-6)
+    assert cosines(again.embed_documents(long_text), onnx_model.embed_documents(long_text))[0] < 0.999  # cut at 64, not 256
+
+
+def test_a_tokenizer_file_that_tokenizes_otherwise_is_never_recorded(
+    onnx_cache: Path, onnx_model: EmbeddingModel, sentence_transformer, tmp_path: Path
+) -> None:
+    folder = tmp_path / "minilm"
+    shutil.copytree(packaged_minilm_path(), folder)
+    export, _ = ensure_exported(sentence_transformer, quantized=False, root=tmp_path / "cache")
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    tokenizer["normalizer"]["lowercase"] = False  # the model lowercases; this file would not
+    (folder / "tokenizer.json").write_text(json.dumps(tokenizer))
+    assert record_folder(sentence_transformer, folder, export, root=tmp_path / "cache") is False
+    assert not (tmp_path / "cache" / FOLDER_INDEX).exists()
+    shutil.copy(Path(packaged_minilm_path()) / "tokenizer.json", folder / "tokenizer.json")
+    assert record_folder(sentence_transformer, folder, export, root=tmp_path / "cache") is True
+    assert [p.stem for p in (tmp_path / "cache" / FOLDER_INDEX).iterdir()] == [folder_fingerprint(folder)]

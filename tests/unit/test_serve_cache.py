@@ -255,7 +255,10 @@ def test_cache_from_settings_picks_redis_or_the_in_process_store(clean_rag_env) 
 def test_many_requests_share_the_pooled_connections(tmp_path) -> None:
     server = PrivateRedis(tmp_path).start()
     try:
-        cache = AnswerCache(RedisCacheStore(FailFastRedis(server.url, pool_size=3, socket_timeout_s=0.5)), key_prefix=unique_prefix())
+        # The pool's wait timeout is the socket timeout: 300 requests queue behind 3 connections, and
+        # on a busy CI machine the last ones wait longer than a short timeout. This test is about the
+        # connection count, so it gives the queue room (a short wait failing fast is FailFastRedis' design).
+        cache = AnswerCache(RedisCacheStore(FailFastRedis(server.url, pool_size=3, socket_timeout_s=10.0)), key_prefix=unique_prefix())
         before = server.client().info("clients")["connected_clients"]
 
         async def scenario():
