@@ -3,12 +3,18 @@ weights with a seeded, randomly initialised one-label head: real model code, rep
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
 from rag_core.embedding import packaged_minilm_path
 from rag_core.index_reader import RetrievedChunk
 from serve_app.reranking import FALLBACK_SCORER, Reranker
+from tests.conftest import REPO_ROOT
 
 QUERY = "How many vacation days do employees get?"
 TEXTS = [
@@ -72,6 +78,34 @@ def test_an_unavailable_model_falls_back_to_retrieval_order(fallback: Reranker) 
     assert fallback.rerank(QUERY, shuffled, top_k=4) == shuffled[:4]  # order and scores untouched
     assert fallback.rerank(QUERY, shuffled, top_k=10) == shuffled
     assert fallback.rerank(QUERY, [], top_k=3) == []
+
+
+def test_a_model_not_on_the_machine_falls_back_without_importing_torch() -> None:
+    # A replica that cannot load its cross-encoder starts in a second, not after a 10 s torch import.
+    script = (
+        "import json, sys\n"
+        "from serve_app.reranking import Reranker\n"
+        "reranker = Reranker('cross-encoder/ms-marco-MiniLM-L-6-v2', threads=2)\n"
+        "print(json.dumps({**reranker.status(), 'torch': 'torch' in sys.modules}))\n"
+    )
+    process = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert json.loads(process.stdout.splitlines()[-1]) == {
+        "name": "fallback:retrieval-order",
+        "fallback": True,
+        "reason": "cannot load 'cross-encoder/ms-marco-MiniLM-L-6-v2': NotFound",
+        "torch": False,
+    }
+
+
+def test_a_cross_encoder_folder_is_loaded_by_name(cross_encoder, tmp_path: Path) -> None:
+    cross_encoder.save(str(tmp_path / "seeded"))
+    loaded = Reranker(str(tmp_path / "seeded"), threads=1)
+    assert loaded.is_fallback is False and loaded.fallback_reason is None
+    ranked = loaded.rerank(QUERY, chunks_for(TEXTS), top_k=6)
+    expected = Reranker("in memory", cross_encoder=cross_encoder).rerank(QUERY, chunks_for(TEXTS), top_k=6)
+    assert [c.chunk_id for c in ranked] == [c.chunk_id for c in expected]
+    assert [c.score for c in ranked] == pytest.approx([c.score for c in expected], abs=1e-5)
 
 
 def test_fallback_rerank_many_keeps_each_request_apart(fallback: Reranker) -> None:
