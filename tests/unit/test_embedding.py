@@ -465,7 +465,7 @@ def test_a_recorded_folder_loads_in_a_fresh_process_without_torch_and_gives_the_
 ) -> None:
     # The fixtures loaded the packaged folder through sentence-transformers, which recorded it.
     assert onnx_model.loader == "sentence-transformers" == int8_model.loader
-    texts = scifact_texts(300)
+    texts = scifact_texts(120)
     (tmp_path / "texts.json").write_text(json.dumps(texts))
     process = subprocess.run(
         [sys.executable, "-c", LOAD_IN_A_FRESH_PROCESS, json.dumps(replace(PACKAGED_SPEC, backend=backend).to_dict())]
