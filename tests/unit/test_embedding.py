@@ -6,8 +6,6 @@ import json
 import logging
 import shutil
 import socket
-import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
@@ -41,7 +39,8 @@ from rag_core.embedding import (
 )
 from rag_core.embedding_onnx import FOLDER_INDEX, ensure_exported, folder_fingerprint, record_folder, weights_fingerprint
 from rag_core.settings import load_settings
-from tests.conftest import REPO_ROOT, SHARED_DATA
+from tests.conftest import SHARED_DATA
+from tests.fresh_python import run_python
 
 PACKAGED_SPEC = EmbeddingModelSpec(PACKAGED_MINILM, SOURCE_PACKAGE, 384, "")
 TEXTS = ["The cat sat on the mat.", "Ray Data runs the ingest pipeline.", "x"]
@@ -467,16 +466,9 @@ def test_a_recorded_folder_loads_in_a_fresh_process_without_torch_and_gives_the_
     assert onnx_model.loader == "sentence-transformers" == int8_model.loader
     texts = scifact_texts(120)
     (tmp_path / "texts.json").write_text(json.dumps(texts))
-    process = subprocess.run(
-        [sys.executable, "-c", LOAD_IN_A_FRESH_PROCESS, json.dumps(replace(PACKAGED_SPEC, backend=backend).to_dict())]
-        + [str(tmp_path / "texts.json"), str(tmp_path / "vectors.npy")],
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert process.returncode == 0, process.stderr[-3000:]
-    loaded = json.loads(process.stdout.splitlines()[-1])
+    spec = json.dumps(replace(PACKAGED_SPEC, backend=backend).to_dict())
+    stdout = run_python(LOAD_IN_A_FRESH_PROCESS, spec, str(tmp_path / "texts.json"), str(tmp_path / "vectors.npy"), timeout=300)
+    loaded = json.loads(stdout.splitlines()[-1])
     assert loaded == {"loader": "onnx-without-torch", "backend": backend, "device": "cpu", "torch": False, "transformers": False}
     through_the_library = (onnx_model if backend == BACKEND_ONNX else int8_model).embed_documents(texts)
     # The same graph fed the same token ids: the same vectors, on texts cut at 256 tokens too.

@@ -21,6 +21,7 @@ from ingest_jobs.redaction import (
 )
 from rag_core.settings import PIISettings
 from tests.conftest import REPO_ROOT
+from tests.fresh_python import run_python
 from tests.unit.test_pipeline_stages import CONFIG
 
 ENTITIES = tuple(PIISettings().entities)
@@ -223,8 +224,6 @@ def test_precision_and_recall_per_type_on_the_labelled_set(redactor: PIIRedactor
 def test_a_fresh_worker_builds_the_default_redactor_without_torch_or_transformers() -> None:
     """A parse worker pays presidio's import once per process: without a spaCy model it must not
     drag in torch and transformers (7-11 s), and both still import afterwards in that process."""
-    import subprocess
-
     script = (
         "import sys\n"
         "from ingest_jobs.redaction import shared_redactor\n"
@@ -234,8 +233,7 @@ def test_a_fresh_worker_builds_the_default_redactor_without_torch_or_transformer
         "import torch, transformers\n"
         "print(text, sorted(counts.items()), loaded, torch.tensor([1.0]).item())\n"
     )
-    process = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert process.returncode == 0, process.stderr[-2000:]
-    assert process.stdout.split("\n")[0] == (
-        "Write to <EMAIL_ADDRESS>, card <CREDIT_CARD>. [('CREDIT_CARD', 1), ('EMAIL_ADDRESS', 1)] [] 1.0"
-    ), process.stdout
+    stdout = run_python(script)
+    assert stdout.split("\n")[0] == ("Write to <EMAIL_ADDRESS>, card <CREDIT_CARD>. [('CREDIT_CARD', 1), ('EMAIL_ADDRESS', 1)] [] 1.0"), (
+        stdout
+    )

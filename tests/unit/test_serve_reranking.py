@@ -4,8 +4,6 @@ weights with a seeded, randomly initialised one-label head: real model code, rep
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +12,7 @@ import pytest
 from rag_core.embedding import packaged_minilm_path
 from rag_core.index_reader import RetrievedChunk
 from serve_app.reranking import FALLBACK_SCORER, Reranker
-from tests.conftest import REPO_ROOT
+from tests.fresh_python import run_python
 
 QUERY = "How many vacation days do employees get?"
 TEXTS = [
@@ -88,9 +86,7 @@ def test_a_model_not_on_the_machine_falls_back_without_importing_torch() -> None
         "reranker = Reranker('cross-encoder/ms-marco-MiniLM-L-6-v2', threads=2)\n"
         "print(json.dumps({**reranker.status(), 'torch': 'torch' in sys.modules}))\n"
     )
-    process = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert process.returncode == 0, process.stderr[-2000:]
-    assert json.loads(process.stdout.splitlines()[-1]) == {
+    assert json.loads(run_python(script).splitlines()[-1]) == {
         "name": "fallback:retrieval-order",
         "fallback": True,
         "reason": "cannot load 'cross-encoder/ms-marco-MiniLM-L-6-v2': NotFound",
