@@ -14,7 +14,7 @@ exporter's revision: another model, other weights or another export recipe never
 A file lock makes concurrent loaders (embedding actors on one node) export once; files are written
 under a temporary name and renamed, so a reader never sees half a model.
 
-Loading without torch: importing sentence-transformers (torch and transformers) takes 7-12 s in a
+Loading without torch: importing sentence-transformers (torch and transformers) takes 4-12 s in a
 fresh process, on the critical path of every ingest's embedding actors and every Embedder replica,
 while ONNX Runtime and `tokenizers` import in 0.3 s. After a load through sentence-transformers, the
 model folder's `tokenizer.json` is checked to give exactly the model's own features (ids, masks,

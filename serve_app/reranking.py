@@ -23,7 +23,7 @@ FALLBACK_SCORER = "retrieval-order"
 class Reranker:
     """`threads` sets torch's thread count when a model loads (Ray gives a replica that reserves part of a
     CPU one thread). A model that is neither a folder nor in the local Hugging Face cache falls back
-    without importing sentence-transformers and torch (7-12 s in a fresh replica) for nothing."""
+    without importing sentence-transformers and torch (4-12 s in a fresh replica) for nothing."""
 
     def __init__(self, model: str, device: str = "cpu", cross_encoder: Any = None, threads: int | None = None):
         self.model_name = model

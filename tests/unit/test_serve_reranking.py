@@ -79,7 +79,7 @@ def test_an_unavailable_model_falls_back_to_retrieval_order(fallback: Reranker) 
 
 
 def test_a_model_not_on_the_machine_falls_back_without_importing_torch() -> None:
-    # A replica that cannot load its cross-encoder starts in a second, not after a 10 s torch import.
+    # A replica that cannot load its cross-encoder starts in a second, not after a 4-12 s torch import.
     script = (
         "import json, sys\n"
         "from serve_app.reranking import Reranker\n"
