@@ -310,7 +310,7 @@ def _on_backend(model: Any, device: str, backend: str, threads: int | None, fold
     try:
         path, _ = ensure_exported(on_cpu, quantized=backend == BACKEND_ONNX_INT8)
         encoder = OnnxSentenceEncoder(model_tokenizer(on_cpu), path, threads, device)
-        if folder is not None:
+        if folder is not None and device == "cpu":  # where `_load_recorded_onnx` reads it
             record_folder(on_cpu, folder, path)  # the next load of this folder skips torch
         return encoder, backend
     except Exception as exc:
