@@ -2,6 +2,10 @@
 
     python -m benchmarks.retrieval_ablation --dataset ../shared/data/beir/scifact --split train
     python -m benchmarks.retrieval_ablation --dataset ../shared/data/beir/nfcorpus --split dev
+    python -m benchmarks.retrieval_ablation --dataset ../shared/data/qa/squad2_dev_cs224n --variants RM3,baseline
+
+A SQuAD folder (contexts.jsonl, questions.jsonl) is read as a third corpus: each answerable
+question's one relevant document is its own paragraph (hit@1 and hit@5 are reported for every set).
 
 The corpus is written as beir_eval writes it (one text file per document: title, blank line,
 text), parsed by the service's own parser and chunked by its chunker with the shipped settings.
@@ -18,6 +22,7 @@ technique does on the held-out queries (the README's second table).
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import json
 import os
@@ -52,7 +57,8 @@ class Corpus:
 
 def load_corpus(dataset: Path, chunker: RecursiveChunker) -> Corpus:
     chunk_doc, texts, contextual = [], [], []
-    with (dataset / "corpus.jsonl").open() as handle:
+    corpus_file = "contexts.jsonl" if is_squad(dataset) else "corpus.jsonl"
+    with (dataset / corpus_file).open() as handle:
         for line in handle:
             doc = json.loads(line)
             body = f"{doc.get('title', '').strip()}\n\n{doc['text'].strip()}\n"
@@ -62,6 +68,25 @@ def load_corpus(dataset: Path, chunker: RecursiveChunker) -> Corpus:
                 texts.append(chunk.text)
                 contextual.append(indexed_text(chunk.text, title=parsed.title, heading=chunk.location.heading))
     return Corpus(chunk_doc, texts, contextual)
+
+
+def is_squad(dataset: Path) -> bool:
+    return (dataset / "questions.jsonl").exists()
+
+
+def load_judged_queries(dataset: Path, split: str) -> tuple[dict[str, dict[str, int]], dict[str, str]]:
+    """(qrels, queries) of a BEIR split, or of a SQuAD folder's answerable questions (split ignored)."""
+    if not is_squad(dataset):
+        qrels = load_qrels(dataset / "qrels" / f"{split}.tsv")
+        return qrels, load_queries(dataset, qrels)
+    qrels, queries = {}, {}
+    with (dataset / "questions.jsonl").open() as handle:
+        for line in handle:
+            question = json.loads(line)
+            if not question["is_impossible"]:
+                queries[question["id"]] = question["question"]
+                qrels[question["id"]] = {question["context_id"]: 1}
+    return qrels, queries
 
 
 def cached_vectors(model: EmbeddingModel, texts: list[str], name: str) -> np.ndarray:
@@ -104,12 +129,17 @@ def evaluate(
     queries: dict[str, str],
     rank: Callable[[str, str], list[str]],
 ) -> dict[str, float]:
-    ndcg, recall = [], []
+    ndcg, recall, hit1, hit5 = [], [], [], []
     for qid, text in queries.items():
         docs = rank(qid, text)
         ndcg.append(ndcg_at_k(docs, qrels[qid]))
         recall.append(recall_at_k(docs, qrels[qid]))
-    return {"ndcg@10": round(100 * float(np.mean(ndcg)), 2), "recall@10": round(100 * float(np.mean(recall)), 2)}
+        hit1.append(any(doc in qrels[qid] for doc in docs[:1]))
+        hit5.append(any(doc in qrels[qid] for doc in docs[:5]))
+    return {
+        name: round(100 * float(np.mean(values)), 2)
+        for name, values in (("ndcg@10", ndcg), ("recall@10", recall), ("hit@1", hit1), ("hit@5", hit5))
+    }
 
 
 GREEK_NAMES = "alpha beta gamma delta epsilon zeta eta theta iota kappa lambda mu nu xi omicron pi rho sigma tau upsilon phi chi psi omega"
@@ -167,21 +197,28 @@ def main() -> None:
     parser.add_argument("--dataset", type=Path, required=True)
     parser.add_argument("--split", default="train", choices=["train", "dev", "test"])
     parser.add_argument("--out", type=Path, help="write the table as JSON here")
+    parser.add_argument("--variants", help="comma-separated parts of the variants' names to run (default: all)")
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     dataset = args.dataset.resolve()
     settings = RAGSettings()
     chunker = RecursiveChunker(settings.chunking.chunk_size, settings.chunking.chunk_overlap)
     retrieval = settings.retrieval
-    qrels = load_qrels(dataset / "qrels" / f"{args.split}.tsv")
-    queries = load_queries(dataset, qrels)
+    qrels, queries = load_judged_queries(dataset, args.split)
     corpus = load_corpus(dataset, chunker)
-    print(f"{dataset.name} {args.split}: {len(queries)} queries, {len(corpus.texts)} chunks", flush=True)
+    print(
+        f"{dataset.name} {'dev (answerable)' if is_squad(dataset) else args.split}: {len(queries)} queries, {len(corpus.texts)} chunks",
+        flush=True,
+    )
 
     model = EmbeddingModel.from_setting("auto", device="cpu")
     query_vectors = dict(zip(queries, model.embed_queries(list(queries.values()))))
-    dense = {"plain": cached_vectors(model, corpus.texts, f"{dataset.name}-plain")}
-    dense["contextual"] = cached_vectors(model, corpus.contextual, f"{dataset.name}-contextual")
+    chunk_texts = {"plain": corpus.texts, "contextual": corpus.contextual}
+
+    @functools.cache
+    def dense(name: str) -> np.ndarray:  # embedded when a chosen variant first needs it
+        return cached_vectors(model, chunk_texts[name], f"{dataset.name}-{name}")
+
     lexical = {
         name: LexicalIndex(texts, retrieval.bm25_k1, retrieval.bm25_b, retrieval.bm25_stemmer)
         for name, texts in (("plain", corpus.texts), ("contextual", corpus.contextual))
@@ -190,7 +227,7 @@ def main() -> None:
     lexical["contextual+normalised"] = LexicalIndex(
         [normalise(t) for t in corpus.contextual], retrieval.bm25_k1, retrieval.bm25_b, retrieval.bm25_stemmer
     )
-    rm3 = {"contextual": RM3(lexical["contextual"], corpus.contextual)}
+    rm3 = {name: RM3(lexical[name], texts) for name, texts in (("plain", corpus.texts), ("contextual", corpus.contextual))}
 
     def hybrid(
         dense_name: str,
@@ -205,7 +242,7 @@ def main() -> None:
             weight = dense_weight
             if short_dense_weight is not None and len(text.split()) <= retrieval.short_query_words:
                 weight = short_dense_weight
-            dense_hits = [(str(i), s) for i, s in dense_top(dense[dense_name], query_vectors[qid], retrieval.fetch_k)]
+            dense_hits = [(str(i), s) for i, s in dense_top(dense(dense_name), query_vectors[qid], retrieval.fetch_k)]
             query = normalise(text) if lexical_name.endswith("normalised") else text
             lexical_top = rm3[lexical_name].top(query, retrieval.fetch_k) if prf else lexical[lexical_name].top(query, retrieval.fetch_k)
             lexical_hits = [(str(i), s) for i, s in lexical_top]
@@ -233,6 +270,13 @@ def main() -> None:
             "contextual", "contextual", short_dense_weight=retrieval.short_query_dense_weight
         ),
         "contextual, short queries dense 0.7": hybrid("contextual", "contextual", short_dense_weight=0.7),
+        "shipped defaults (plain text, short queries 0.5 / 0.5)": hybrid(
+            "plain", "plain", short_dense_weight=retrieval.short_query_dense_weight
+        ),
+        "shipped defaults + RM3": hybrid("plain", "plain", short_dense_weight=retrieval.short_query_dense_weight, prf=True),
+        "contextual, short queries 0.5 / 0.5 + RM3": hybrid(
+            "contextual", "contextual", short_dense_weight=retrieval.short_query_dense_weight, prf=True
+        ),
         **{
             f"contextual, documents by decayed sum {decay} of top {n}": hybrid(
                 "contextual", "contextual", document_decay=decay, document_candidates=n
@@ -244,6 +288,9 @@ def main() -> None:
     shipped = (retrieval.short_query_dense_weight, retrieval.short_query_lexical_weight)
     if shipped[0] + shipped[1] != 1 or retrieval.dense_weight + retrieval.lexical_weight != 1:
         raise SystemExit("the variants assume fusion weights that sum to 1, as the shipped ones do")
+    if args.variants:
+        wanted = [part.strip() for part in args.variants.split(",")]
+        variants = {name: rank for name, rank in variants.items() if any(part in name for part in wanted)}
     table = {}
     for name, rank in variants.items():
         table[name] = evaluate(qrels, queries, rank)
