@@ -56,6 +56,19 @@ def load_queries(dataset: Path, qrels: dict[str, dict[str, int]]) -> dict[str, s
     return queries
 
 
+def squad_questions(folder: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """(question id -> question, question id -> its paragraph id) of a SQuAD folder's
+    questions.jsonl, answerable questions only."""
+    questions, paragraphs = {}, {}
+    with (folder / "questions.jsonl").open() as handle:
+        for line in handle:
+            question = json.loads(line)
+            if not question["is_impossible"]:
+                questions[question["id"]] = question["question"]
+                paragraphs[question["id"]] = question["context_id"]
+    return questions, paragraphs
+
+
 def doc_filename(doc_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]", "_", doc_id) + ".txt"
 

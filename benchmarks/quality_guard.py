@@ -39,6 +39,7 @@ from benchmarks.beir_eval import (
     load_qrels,
     load_queries,
     run_queries,
+    squad_questions,
     start_serve,
     wait_healthy,
     write_corpus,
@@ -51,18 +52,6 @@ BASELINE = REPO_ROOT / "benchmarks" / "results" / "quality_baseline.json"
 TOP_K_CHUNKS = 30
 LATENCY_QUERIES = 200
 SERVE_URL = "http://127.0.0.1:8000"  # Serve's HTTP port
-
-
-def squad_questions() -> tuple[dict[str, str], dict[str, str]]:
-    """(question id -> question, question id -> its paragraph id), answerable questions only."""
-    questions, paragraphs = {}, {}
-    with (SQUAD / "questions.jsonl").open() as handle:
-        for line in handle:
-            question = json.loads(line)
-            if not question["is_impossible"]:
-                questions[question["id"]] = question["question"]
-                paragraphs[question["id"]] = question["context_id"]
-    return questions, paragraphs
 
 
 def median_latency_ms(url: str, queries: list[str]) -> float:
@@ -79,7 +68,7 @@ def median_latency_ms(url: str, queries: list[str]) -> float:
 def measure(name: str, workdir: Path) -> dict[str, Any]:
     if name == "squad":
         names = write_corpus(SQUAD, workdir / "corpus", "contexts.jsonl")  # SQuAD's paragraphs, BEIR-style
-        queries, paragraph_of = squad_questions()
+        queries, paragraph_of = squad_questions(SQUAD)
     else:
         names = write_corpus(BEIR[name], workdir / "corpus")
         qrels = load_qrels(BEIR[name] / "qrels" / "test.tsv")

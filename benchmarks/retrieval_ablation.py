@@ -35,7 +35,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.beir_eval import load_qrels, load_queries, ndcg_at_k, recall_at_k
+from benchmarks.beir_eval import load_qrels, load_queries, ndcg_at_k, recall_at_k, squad_questions
 from rag_core.chunking import RecursiveChunker
 from rag_core.contextual import indexed_text
 from rag_core.embedding import EmbeddingModel
@@ -79,14 +79,8 @@ def load_judged_queries(dataset: Path, split: str) -> tuple[dict[str, dict[str, 
     if not is_squad(dataset):
         qrels = load_qrels(dataset / "qrels" / f"{split}.tsv")
         return qrels, load_queries(dataset, qrels)
-    qrels, queries = {}, {}
-    with (dataset / "questions.jsonl").open() as handle:
-        for line in handle:
-            question = json.loads(line)
-            if not question["is_impossible"]:
-                queries[question["id"]] = question["question"]
-                qrels[question["id"]] = {question["context_id"]: 1}
-    return qrels, queries
+    queries, paragraph_of = squad_questions(dataset)
+    return {qid: {paragraph: 1} for qid, paragraph in paragraph_of.items()}, queries
 
 
 def cached_vectors(model: EmbeddingModel, texts: list[str], name: str) -> np.ndarray:
