@@ -200,10 +200,8 @@ def main() -> None:
     retrieval = settings.retrieval
     qrels, queries = load_judged_queries(dataset, args.split)
     corpus = load_corpus(dataset, chunker)
-    print(
-        f"{dataset.name} {'dev (answerable)' if is_squad(dataset) else args.split}: {len(queries)} queries, {len(corpus.texts)} chunks",
-        flush=True,
-    )
+    split = "dev (answerable)" if is_squad(dataset) else args.split
+    print(f"{dataset.name} {split}: {len(queries)} queries, {len(corpus.texts)} chunks", flush=True)
 
     model = EmbeddingModel.from_setting("auto", device="cpu")
     query_vectors = dict(zip(queries, model.embed_queries(list(queries.values()))))
@@ -291,7 +289,7 @@ def main() -> None:
         print(f"{name:32s} {table[name]}", flush=True)
     if args.out:
         args.out.write_text(
-            json.dumps({"dataset": dataset.name, "split": args.split, "queries": len(queries), "results": table}, indent=2) + "\n"
+            json.dumps({"dataset": dataset.name, "split": split, "queries": len(queries), "results": table}, indent=2) + "\n"
         )
 
 
