@@ -20,7 +20,7 @@ SQUAD = SHARED_DATA / "qa" / "squad2_dev_cs224n"
 
 @pytest.fixture(scope="module")
 def small_scifact(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """SciFact's first 12 training queries, their judged abstracts and 150 other abstracts."""
+    """SciFact's first 12 training queries, their judged abstracts and the corpus's first 150."""
     qrels = load_qrels(SCIFACT / "qrels" / "train.tsv")
     queries = dict(list(qrels.items())[:12])
     judged = {doc for docs in queries.values() for doc in docs}
