@@ -11,9 +11,9 @@ with a new one-logit head. Each training group is one judged-relevant chunk and 
 chunks of unjudged documents taken from the shipped hybrid retrieval's own top 30 for that query
 (the candidates the reranker will be shown), trained with a softmax over the group (localised
 contrastive estimation). The model folder's training.json lists the queries trained on;
-`eval --split train --held-out` measures on the rest of that split. The defaults (600 queries of each split, one epoch) are what 2 CPU cores
-train in about 13 minutes. Dev and test queries are never seen in training; `--split test` reports
-once, after the choice on NFCorpus dev.
+`eval --split train --held-out` measures on the rest of that split. The defaults (600 queries of
+each split, one epoch) are what 2 CPU cores train in about 13 minutes. Dev and test queries are
+never seen in training; `--split test` reports once, after the choice on NFCorpus dev.
 
 `eval` reranks the shipped pipeline's top 30 chunks (plain chunk text, dense search exact, as in
 benchmarks.retrieval_ablation) with the model through the service's own `Reranker`, reads documents
